@@ -1,0 +1,113 @@
+"""The ASGI application: `create_app(settings)` wires routers, errors and the pool lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic import TypeAdapter
+
+from energy_engine import __version__, db
+from energy_engine.analytics.routes import router as analytics_router
+from energy_engine.assignments.routes import router as assignments_router
+from energy_engine.deps import PoolDep
+from energy_engine.errors import install_error_handlers
+from energy_engine.ingest import routes as ingest
+from energy_engine.ingest.models import AnyReading
+from energy_engine.settings import Settings
+from energy_engine.status.routes import router as status_router
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_EVERY_S = 3600.0
+
+
+async def _maintain_partitions(pool: db.Pool, settings: Settings) -> None:
+    """Keep the next days' partitions in place so ingest never takes the on-demand path."""
+    while True:
+        await asyncio.sleep(MAINTENANCE_EVERY_S)
+        try:
+            async with pool.acquire() as conn:
+                await db.ensure_partitions_ahead(conn, settings)
+        except Exception:  # the next round retries; ingest creates partitions on demand anyway
+            log.exception("partition maintenance failed")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The engine's API for `settings`; nothing connects until the lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with db.database_url(settings) as url:
+            pool = await db.create_pool(url, settings)
+            try:
+                async with pool.acquire() as conn:
+                    await db.prepare(conn, settings)
+                app.state.pool = pool
+                maintenance = asyncio.create_task(_maintain_partitions(pool, settings))
+                yield
+                maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await maintenance
+            finally:
+                await pool.close()
+
+    app = FastAPI(
+        title="Energy Ingestion Engine",
+        version=__version__,
+        summary="Smart-meter and EV telemetry: ingestion, live status, charging efficiency.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(ingest.build_router(settings))
+    app.include_router(assignments_router)
+    app.include_router(status_router)
+    app.include_router(analytics_router)
+
+    @app.get("/health/live", tags=["operations"])
+    async def live() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/health/ready", tags=["operations"], responses={503: {"description": "Not ready"}})
+    async def ready(pool: PoolDep) -> Response:
+        """PostgreSQL answers and every migration is applied."""
+        try:
+            async with pool.acquire() as conn:
+                pending = await db.pending_migrations(conn)
+        except (OSError, db.asyncpg.PostgresError) as exc:
+            return _status(503, "database unreachable: " + type(exc).__name__)
+        if pending:
+            return _status(503, f"{pending} migrations pending")
+        return _status(200, "ok")
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _status(code: int, status: str) -> Response:
+    body = b'{"status":"' + status.encode() + b'"}'
+    return Response(body, status_code=code, media_type="application/json")
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the reading schemas the raw-body ingest routes refer to."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
+    schema = TypeAdapter(AnyReading).json_schema(ref_template=ingest.SCHEMA_REF)
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    components.update(schema.pop("$defs"))
+    schema.pop("discriminator", None)  # the tag is computed from the fields, not a property
+    components["AnyReading"] = schema
+    app.openapi_schema = doc
+    return doc

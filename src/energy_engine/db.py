@@ -1,0 +1,160 @@
+"""PostgreSQL plumbing: the embedded server, the pool, migrations and history partitions."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+from energy_engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # asyncpg's classes are generic only in its stubs
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    Connection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+    )
+else:
+    Pool = asyncpg.Pool
+    Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+# Arbitrary but fixed key: every engine process migrates under this one advisory lock.
+MIGRATION_LOCK_KEY = 0x656E6572677931
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path, *, cleanup: bool = False) -> Iterator[str]:
+    """Run the PostgreSQL shipped in the `pgserver` wheel on `data_dir`; yields its URL."""
+    import pgserver  # heavy import, only needed without DATABASE_URL
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="delete" if cleanup else "stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured DATABASE_URL, or an embedded server's for as long as the context lasts."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with embedded_postgres(settings.data_dir / "pgdata") as url:
+        log.info("embedded PostgreSQL running in %s", settings.data_dir / "pgdata")
+        yield url
+
+
+async def create_pool(url: str, settings: Settings) -> Pool:
+    """Open the connection pool; every session works in UTC."""
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        server_settings={"timezone": "UTC", "application_name": "energy-engine"},
+    )
+    assert pool is not None  # only None when awaited improperly
+    return pool
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One versioned SQL file from `energy_engine/migrations`."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """All migrations shipped with the package, in version order."""
+    found = []
+    for entry in resources.files("energy_engine.migrations").iterdir():
+        match = re.fullmatch(r"(\d+)_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(conn: Connection) -> list[str]:
+    """Apply pending migrations; safe when several processes start at once. Returns those applied."""
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied_now.append(f"{migration.version:04d}_{migration.name}")
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    return applied_now
+
+
+async def pending_migrations(conn: Connection) -> int:
+    """How many shipped migrations the database lacks (all of them when none ran yet)."""
+    shipped = {m.version for m in load_migrations()}
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return len(shipped)
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return len(shipped - done)
+
+
+async def ensure_partitions(conn: Connection, first_day: date, last_day: date) -> int:
+    """Create the missing daily history partitions for [first_day, last_day]."""
+    created: int = await conn.fetchval(
+        "SELECT ensure_reading_partitions($1, $2)", first_day, last_day
+    )
+    return created
+
+
+async def ensure_partitions_ahead(conn: Connection, settings: Settings) -> int:
+    """Partitions for every day a valid reading can fall on now, plus the days just ahead."""
+    today = datetime.now(UTC).date()
+    oldest = (datetime.now(UTC) - settings.max_reading_age).date()
+    return await ensure_partitions(
+        conn, oldest, today + timedelta(days=settings.partition_days_ahead)
+    )
+
+
+def days_spanned(timestamps: list[datetime]) -> tuple[date, date]:
+    """First and last UTC day of a non-empty list of aware timestamps."""
+    return (
+        min(timestamps).astimezone(UTC).date(),
+        max(timestamps).astimezone(UTC).date(),
+    )
+
+
+async def prepare(conn: Connection, settings: Settings) -> dict[str, Any]:
+    """Migrate and create partitions; what start-up and `energy-engine migrate` both do."""
+    applied = await migrate(conn)
+    created = await ensure_partitions_ahead(conn, settings)
+    return {"applied": applied, "partitions_created": created}

@@ -1,0 +1,79 @@
+"""The two reading shapes devices send, validated strictly, and the answer to an ingest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+)
+from pydantic.alias_generators import to_camel
+
+DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+Kwh = Annotated[float, Field(ge=0)]
+
+_READING_CONFIG = ConfigDict(
+    alias_generator=to_camel,
+    populate_by_name=True,
+    strict=True,  # "42" is not a number, 1 is not a timestamp
+    extra="forbid",  # a misspelt field is an error, not a silent default
+    allow_inf_nan=False,
+    frozen=True,
+)
+
+
+class MeterReading(BaseModel):
+    """What a smart meter (grid side, AC) reports every minute."""
+
+    model_config = _READING_CONFIG
+
+    meter_id: DeviceId
+    kwh_consumed_ac: Kwh
+    voltage: Annotated[float, Field(ge=0, le=1000)]
+    timestamp: AwareDatetime
+
+
+class VehicleReading(BaseModel):
+    """What a vehicle (battery side, DC) reports every minute."""
+
+    model_config = _READING_CONFIG
+
+    vehicle_id: DeviceId
+    soc: Annotated[float, Field(ge=0, le=100)]
+    kwh_delivered_dc: Kwh
+    battery_temp: Annotated[float, Field(ge=-40, le=100)]
+    timestamp: AwareDatetime
+
+
+def _stream_of(item: Any) -> str | None:
+    """Tells a meter reading from a vehicle reading by its id field; None when ambiguous."""
+    if isinstance(item, dict):
+        is_meter, is_vehicle = "meterId" in item, "vehicleId" in item
+    else:
+        is_meter, is_vehicle = isinstance(item, MeterReading), isinstance(item, VehicleReading)
+    if is_meter == is_vehicle:
+        return None
+    return "meter" if is_meter else "vehicle"
+
+
+AnyReading = Annotated[
+    Annotated[MeterReading, Tag("meter")] | Annotated[VehicleReading, Tag("vehicle")],
+    Discriminator(
+        _stream_of,
+        custom_error_type="stream_unknown",
+        custom_error_message="an item needs exactly one of meterId or vehicleId",
+    ),
+]
+
+
+class IngestResult(BaseModel):
+    """Readings stored by this request, and readings already stored before (retries)."""
+
+    accepted: int
+    duplicates: int

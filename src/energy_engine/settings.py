@@ -1,0 +1,70 @@
+"""One `Settings` object for the whole engine, read from the environment (prefix `ENERGY_`)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EnergySemantics(StrEnum):
+    """How `kwhConsumedAc` / `kwhDeliveredDc` are to be read."""
+
+    CUMULATIVE = "cumulative"  # a register that only grows, except on a reset
+    INTERVAL = "interval"  # the energy since the device's previous reading
+
+
+class Settings(BaseSettings):
+    """Engine configuration; every field can be set as `ENERGY_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ENERGY_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # None means: start the embedded PostgreSQL under `data_dir`.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "ENERGY_DATABASE_URL")
+    )
+    data_dir: Path = Path(".energy-engine")
+    pool_min_size: PositiveInt = 2
+    pool_max_size: PositiveInt = 10
+
+    # Ingestion limits.
+    max_batch_items: PositiveInt = 10_000
+    max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    max_future_skew: timedelta = timedelta(minutes=5)
+    max_reading_age: timedelta = timedelta(days=30)
+
+    # Energy semantics and plausibility.
+    energy_semantics: EnergySemantics = EnergySemantics.CUMULATIVE
+    max_power_kw: PositiveFloat = 500.0
+    # How far before a window the baseline reading is looked for; bounds the partitions touched.
+    baseline_lookback: timedelta = timedelta(days=7)
+
+    # Live status.
+    heartbeat: timedelta = timedelta(seconds=60)
+    online_heartbeats: PositiveInt = 3
+
+    # Analytics.
+    default_window: timedelta = timedelta(hours=24)
+    max_window: timedelta = timedelta(days=31)
+    healthy_efficiency: float = Field(default=0.85, gt=0, le=1)
+    warning_efficiency: float = Field(default=0.75, gt=0, le=1)
+    min_ac_kwh: float = Field(default=1.0, ge=0)
+
+    # Partitions are created this many days ahead by start-up and by the maintenance task.
+    partition_days_ahead: PositiveInt = 3
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Settings:
+        if self.warning_efficiency > self.healthy_efficiency:
+            raise ValueError("warning_efficiency must not exceed healthy_efficiency")
+        return self
+
+    @property
+    def online_within(self) -> timedelta:
+        """A device is online when its latest reading is at most this old."""
+        return self.heartbeat * self.online_heartbeats

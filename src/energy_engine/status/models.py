@@ -1,0 +1,42 @@
+"""Live status of one device, answered from the hot store alone."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+_CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class VehicleStatus(BaseModel):
+    """Latest vehicle reading with what follows from it and the reading before."""
+
+    model_config = _CAMEL
+
+    vehicle_id: str
+    soc: float
+    kwh_delivered_dc: float
+    battery_temp: float
+    timestamp: datetime
+    received_at: datetime
+    power_kw: float | None
+    charging: bool
+    online: bool
+    meter_id: str | None
+
+
+class MeterStatus(BaseModel):
+    """Latest meter reading with what follows from it and the reading before."""
+
+    model_config = _CAMEL
+
+    meter_id: str
+    kwh_consumed_ac: float
+    voltage: float
+    timestamp: datetime
+    received_at: datetime
+    power_kw: float | None
+    online: bool
+    vehicle_id: str | None
