@@ -26,9 +26,8 @@ async def create_assignment(
     body: AssignmentRequest, response: Response, pool: PoolDep, settings: SettingsDep
 ) -> Assignment:
     """Assign a vehicle to a meter, closing the vehicle's and the meter's open assignments."""
-    now = datetime.now(UTC)
-    valid_from = body.valid_from or now
-    if valid_from > now + settings.max_future_skew:
+    valid_from = body.valid_from
+    if valid_from and valid_from > datetime.now(UTC) + settings.max_future_skew:
         raise ApiError(
             422, "invalid_request", "validFrom lies in the future",
             [ErrorItem(field="validFrom", reason="more than the allowed clock skew ahead")],

@@ -8,8 +8,10 @@ import asyncpg
 
 from energy_engine.db import Connection
 
-# Serialises assignment changes per device; plain advisory locks, no extension needed.
-LOCK_DEVICE = "SELECT pg_advisory_xact_lock(hashtext($1))"
+# Serialises all assignment changes. Per-device locks are not enough: opening V1->M closes
+# whatever vehicle held M, so a change touches devices the request does not name. Assignments
+# change when a vehicle plugs in (a few a second fleet-wide), far below what one lock serves.
+LOCK_ASSIGNMENTS = "SELECT pg_advisory_xact_lock(hashtext('energy_engine.assignments'))"
 
 # The newest boundary already recorded for either device: a new assignment may not start
 # before it, or two assignments would overlap in time.
@@ -48,13 +50,19 @@ class Conflict(Exception):
 
 
 async def assign(
-    conn: Connection, vehicle_id: str, meter_id: str, valid_from: datetime
+    conn: Connection, vehicle_id: str, meter_id: str, valid_from: datetime | None
 ) -> tuple[asyncpg.Record, bool]:
-    """Open an assignment, closing the ones it replaces; returns it and whether it is new."""
+    """Open an assignment (from now when `valid_from` is None), closing the ones it replaces.
+
+    Returns the assignment and whether it is new.
+    """
     async with conn.transaction():
-        # Both locks, always in the same order, so two requests cannot deadlock.
-        for key in sorted((f"vehicle:{vehicle_id}", f"meter:{meter_id}")):
-            await conn.execute(LOCK_DEVICE, key)
+        await conn.execute(LOCK_ASSIGNMENTS)
+        if valid_from is None:
+            # Read the clock only once the lock is held, so "now" is never before a boundary
+            # that a concurrent request has just committed.
+            valid_from = await conn.fetchval("SELECT clock_timestamp()")
+            assert valid_from is not None
         current = await conn.fetchrow(OPEN_ASSIGNMENT, vehicle_id)
         if current is not None and current["meter_id"] == meter_id:
             return current, False  # already assigned: the request is a no-op
