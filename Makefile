@@ -27,6 +27,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy tests
 
 unit: install
 	$(BIN)/pytest tests/unit $(ARGS)

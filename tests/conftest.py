@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -33,7 +35,7 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-async def _admin(url: str, *statements: str) -> None:
+async def admin(url: str, *statements: str) -> None:
     conn = await asyncpg.connect(url)
     try:
         for statement in statements:
@@ -58,7 +60,7 @@ def template_database(postgres_url: str) -> Iterator[str]:
     name = f"energy_template_{uuid.uuid4().hex[:8]}"
 
     async def build() -> None:
-        await _admin(postgres_url, f"CREATE DATABASE {name}")
+        await admin(postgres_url, f"CREATE DATABASE {name}")
         conn = await asyncpg.connect(with_database(postgres_url, name))
         try:
             await db.prepare(conn, Settings(_env_file=None))
@@ -67,16 +69,16 @@ def template_database(postgres_url: str) -> Iterator[str]:
 
     asyncio.run(build())
     yield name
-    asyncio.run(_admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture
 async def database_url(postgres_url: str, template_database: str) -> AsyncIterator[str]:
     """A fresh, migrated database of this test's own."""
     name = f"energy_test_{uuid.uuid4().hex[:12]}"
-    await _admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    await admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_database}")
     yield with_database(postgres_url, name)
-    await _admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
@@ -94,10 +96,8 @@ MakeSettings = Callable[..., Settings]
 def make_settings(database_url: str, tmp_path: Path) -> MakeSettings:
     """Settings for the test database, with any field overridden."""
 
-    def make(**overrides: object) -> Settings:
-        return Settings(
-            _env_file=None, database_url=database_url, data_dir=tmp_path, **overrides
-        )
+    def make(**overrides: Any) -> Settings:
+        return Settings(_env_file=None, database_url=database_url, data_dir=tmp_path, **overrides)
 
     return make
 
@@ -140,3 +140,18 @@ def client_with(make_settings: MakeSettings) -> ClientWith:
                 yield http
 
     return open_client
+
+
+@pytest.fixture
+def minute_margin() -> float:
+    """Seconds a test needs before the wall-clock minute turns (override per module)."""
+    return 2.0
+
+
+@pytest.fixture(autouse=True)
+def _clear_of_minute_boundary(minute_margin: float) -> None:
+    # Tests build readings at whole minutes before "now" and compare them with what the
+    # engine reports; starting right before the minute turns would make them flaky.
+    remaining = 60 - (time.time() % 60)
+    if remaining < minute_margin:
+        time.sleep(remaining + 0.05)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -82,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
-        except (OSError, db.asyncpg.PostgresError) as exc:
+        except (OSError, asyncpg.PostgresError) as exc:
             return _status(503, "database unreachable: " + type(exc).__name__)
         if pending:
             return _status(503, f"{pending} migrations pending")
@@ -101,9 +102,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document plus the reading schemas the raw-body ingest routes refer to."""
     if app.openapi_schema:
         return app.openapi_schema
-    doc = get_openapi(
-        title=app.title, version=app.version, summary=app.summary, routes=app.routes
-    )
+    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     schema = TypeAdapter(AnyReading).json_schema(ref_template=ingest.SCHEMA_REF)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     components.update(schema.pop("$defs"))

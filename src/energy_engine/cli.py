@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 import warnings
 from typing import Annotated
 
@@ -26,6 +28,9 @@ def serve(
     """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set)."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
+    # that was there before; make that handler report the graceful stop as success.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         create_app(settings),
         host=host,
@@ -62,3 +67,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -34,10 +34,10 @@ MIGRATION_LOCK_KEY = 0x656E6572677931
 @contextmanager
 def embedded_postgres(data_dir: Path, *, cleanup: bool = False) -> Iterator[str]:
     """Run the PostgreSQL shipped in the `pgserver` wheel on `data_dir`; yields its URL."""
-    import pgserver  # heavy import, only needed without DATABASE_URL
+    from pgserver import get_server  # type: ignore[attr-defined]  # not re-exported in its stubs
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="delete" if cleanup else "stop")
+    server = get_server(data_dir, cleanup_mode="delete" if cleanup else "stop")
     try:
         yield server.get_uri()
     finally:
@@ -87,7 +87,7 @@ def load_migrations() -> list[Migration]:
 
 
 async def migrate(conn: Connection) -> list[str]:
-    """Apply pending migrations; safe when several processes start at once. Returns those applied."""
+    """Apply pending migrations; safe with concurrent starters; returns those applied."""
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:

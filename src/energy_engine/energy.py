@@ -51,7 +51,7 @@ def increment(prev_kwh: float | None, kwh: float, semantics: EnergySemantics) ->
 
 
 def is_plausible(increment_kwh: float, interval: timedelta | None, max_power_kw: float) -> bool:
-    """False when delivering `increment_kwh` within `interval` would need more than the maximum power."""
+    """False when `increment_kwh` within `interval` needs more than the maximum power."""
     if interval is None:
         return True
     # Multiplied out rather than divided, the same way the analytics SQL compares.

@@ -32,19 +32,25 @@ async def _charge(
     if meter_id is not None:
         await client.post(
             "/v1/ingest/meter",
-            json=[meter(meter_id, at(start + m), 500 + m * ac_per_minute) for m in range(minutes + 1)],
+            json=[
+                meter(meter_id, at(start + m), 500 + m * ac_per_minute) for m in range(minutes + 1)
+            ],
         )
     temps = [20.0 + (m % 10) for m in range(minutes + 1)]
     await client.post(
         "/v1/ingest/vehicle",
         json=[
-            vehicle(vehicle_id, at(start + m), 40 + m * dc_per_minute, soc=10 + m / 2, temp=temps[m])
+            vehicle(
+                vehicle_id, at(start + m), 40 + m * dc_per_minute, soc=10 + m / 2, temp=temps[m]
+            )
             for m in range(minutes + 1)
         ],
     )
 
 
-async def _assign(client: httpx.AsyncClient, vehicle_id: str, meter_id: str, minutes: float) -> None:
+async def _assign(
+    client: httpx.AsyncClient, vehicle_id: str, meter_id: str, minutes: float
+) -> None:
     response = await client.post(
         "/v1/assignments",
         json={"vehicleId": vehicle_id, "meterId": meter_id, "validFrom": iso(at(minutes))},
@@ -75,7 +81,9 @@ async def test_healthy_charge(client: httpx.AsyncClient) -> None:
     assert report["dcDeliveredKwh"] == pytest.approx(54.0)
     assert report["lossKwh"] == pytest.approx(6.0)
     assert report["efficiency"] == pytest.approx(0.9)
-    assert report["avgBatteryTemp"] == pytest.approx(sum(20 + m % 10 for m in range(61)) / 61, abs=0.01)
+    assert report["avgBatteryTemp"] == pytest.approx(
+        sum(20 + m % 10 for m in range(61)) / 61, abs=0.01
+    )
     assert report["readings"] == {"vehicle": 61, "meter": 61}
     assert report["meterIds"] == ["M-1"]
     assert report["health"] == "healthy"
@@ -212,9 +220,7 @@ async def test_too_little_ac_is_insufficient_data(client: httpx.AsyncClient) -> 
 async def test_interval_semantics_sum_the_readings(client_with: ClientWith) -> None:
     async with client_with(energy_semantics="interval") as client:
         await _assign(client, "V-1", "M-1", -60)
-        await client.post(
-            "/v1/ingest/meter", json=[meter("M-1", at(m), 1.0) for m in range(10)]
-        )
+        await client.post("/v1/ingest/meter", json=[meter("M-1", at(m), 1.0) for m in range(10)])
         await client.post(
             "/v1/ingest/vehicle", json=[vehicle("V-1", at(m), 0.9) for m in range(10)]
         )

@@ -108,9 +108,7 @@ async def test_concurrent_reassignments_keep_one_open_assignment_per_device(
 ) -> None:
     vehicles = [f"V-{i}" for i in range(6)]
     meters = [f"M-{i}" for i in range(3)]
-    requests = [
-        _assign(client, vehicles[i % 6], meters[(i * 7) % 3]) for i in range(60)
-    ]
+    requests = [_assign(client, vehicles[i % 6], meters[(i * 7) % 3]) for i in range(60)]
     responses = await asyncio.gather(*requests)
     assert {r.status_code for r in responses} <= {200, 201}
     open_per_vehicle = await conn.fetchval(

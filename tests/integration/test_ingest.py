@@ -35,7 +35,10 @@ async def test_single_vehicle_reading_is_stored(
     row = await conn.fetchrow("SELECT * FROM vehicle_readings")
     assert row is not None
     assert (row["vehicle_id"], row["soc"], row["kwh_delivered_dc"], row["battery_temp"]) == (
-        "V-1", 41.5, 3.0, 30.25,
+        "V-1",
+        41.5,
+        3.0,
+        30.25,
     )
 
 
@@ -68,7 +71,8 @@ async def test_retried_reading_is_a_duplicate_and_first_write_wins(
     at = minute_ago(3)
     first = await client.post("/v1/ingest/meter", json=[meter("M-1", at, 5.0)])
     again = await client.post(
-        "/v1/ingest/meter", json=[meter("M-1", at, 99.0), meter("M-1", at + timedelta(minutes=1), 6.0)]
+        "/v1/ingest/meter",
+        json=[meter("M-1", at, 99.0), meter("M-1", at + timedelta(minutes=1), 6.0)],
     )
     assert first.json() == {"accepted": 1, "duplicates": 0}
     assert again.json() == {"accepted": 1, "duplicates": 1}
@@ -106,7 +110,9 @@ async def test_late_reading_lands_in_history_but_never_regresses_the_hot_store(
     state = await conn.fetchrow("SELECT * FROM vehicle_state")
     assert state is not None
     assert (state["read_at"], state["prev_read_at"], state["prev_kwh_delivered_dc"]) == (
-        newest, middle, 20.0,
+        newest,
+        middle,
+        20.0,
     )
     assert await conn.fetchval("SELECT count(*) FROM vehicle_readings") == 3
 
@@ -128,7 +134,8 @@ async def test_newer_batch_merges_with_the_stored_hot_row(
 ) -> None:
     await client.post("/v1/ingest/meter", json=[meter("M-1", minute_ago(9), 1.0)])
     await client.post(
-        "/v1/ingest/meter", json=[meter("M-1", minute_ago(3), 3.0), meter("M-1", minute_ago(8), 2.0)]
+        "/v1/ingest/meter",
+        json=[meter("M-1", minute_ago(3), 3.0), meter("M-1", minute_ago(8), 2.0)],
     )
     state = await conn.fetchrow("SELECT * FROM meter_state")
     assert state is not None

@@ -50,7 +50,11 @@ BAD_ITEMS: list[tuple[str, dict[str, Any], str | None]] = [
     ("unknown extra field", _meter(kwh=1), "kwh"),
     ("both ids", _meter(vehicleId="V-1"), None),
     ("neither id", _without(_meter(), "meterId"), None),
-    ("timestamp without offset", _meter(timestamp=NOW.replace(tzinfo=None).isoformat()), "timestamp"),
+    (
+        "timestamp without offset",
+        _meter(timestamp=NOW.replace(tzinfo=None).isoformat()),
+        "timestamp",
+    ),
     ("timestamp as epoch number", _meter(timestamp=1_763_800_000), "timestamp"),
     ("timestamp not a date", _meter(timestamp="yesterday"), "timestamp"),
     ("timestamp too far ahead", _meter(timestamp=iso(NOW + timedelta(minutes=7))), "timestamp"),
@@ -58,7 +62,9 @@ BAD_ITEMS: list[tuple[str, dict[str, Any], str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("item", "field"), [c[1:] for c in BAD_ITEMS], ids=[c[0] for c in BAD_ITEMS])
+@pytest.mark.parametrize(
+    ("item", "field"), [c[1:] for c in BAD_ITEMS], ids=[c[0] for c in BAD_ITEMS]
+)
 async def test_bad_item_in_a_batch_names_index_and_field(
     client: httpx.AsyncClient, conn: asyncpg.Connection, item: dict[str, Any], field: str | None
 ) -> None:
@@ -94,7 +100,9 @@ async def test_every_problem_of_a_batch_is_listed(client: httpx.AsyncClient) -> 
     response = await client.post("/v1/ingest", json=batch)
     errors = response.json()["errors"]
     assert [(e["index"], e["field"]) for e in errors] == [
-        (0, "soc"), (2, "meterId"), (2, "voltage"),
+        (0, "soc"),
+        (2, "meterId"),
+        (2, "voltage"),
     ]
     assert response.json()["message"] == "2 readings are invalid; nothing was stored"
 

@@ -13,7 +13,10 @@ async def test_vehicle_status_reports_latest_reading_power_and_charging(
     client: httpx.AsyncClient,
 ) -> None:
     await client.post("/v1/assignments", json={"vehicleId": "V-1", "meterId": "M-1"})
-    batch = [vehicle("V-1", minute_ago(2), 10.0, soc=40), vehicle("V-1", minute_ago(1), 11.0, soc=41)]
+    batch = [
+        vehicle("V-1", minute_ago(2), 10.0, soc=40),
+        vehicle("V-1", minute_ago(1), 11.0, soc=41),
+    ]
     await client.post("/v1/ingest/vehicle", json=batch)
     response = await client.get("/v1/vehicles/V-1/status")
     assert response.status_code == 200

@@ -52,7 +52,7 @@ class PerformanceReport(BaseModel):
     model_config = _CAMEL
 
     vehicle_id: str
-    from_: datetime = Field(alias="from")
+    from_: datetime = Field(serialization_alias="from")
     to: datetime
     ac_consumed_kwh: float | None = Field(description="null when no meter data covers the window")
     dc_delivered_kwh: float

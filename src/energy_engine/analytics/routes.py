@@ -25,19 +25,25 @@ def resolve_window(
     for name, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:
             raise ApiError(
-                422, "invalid_request", "times need a UTC offset",
+                422,
+                "invalid_request",
+                "times need a UTC offset",
                 [ErrorItem(field=name, reason="add a UTC offset such as Z or +01:00")],
             )
     end = end or datetime.now(UTC)
     start = start or end - settings.default_window
     if start >= end:
         raise ApiError(
-            422, "invalid_request", "from must be before to",
+            422,
+            "invalid_request",
+            "from must be before to",
             [ErrorItem(field="from", reason="not before to")],
         )
     if end - start > settings.max_window:
         raise ApiError(
-            422, "invalid_request", f"the window may span at most {settings.max_window}",
+            422,
+            "invalid_request",
+            f"the window may span at most {settings.max_window}",
             [ErrorItem(field="from", reason="window too long")],
         )
     return start, end
@@ -76,7 +82,5 @@ async def vehicle_performance(
         readings=StreamCounts(vehicle=dc.readings, meter=meter_readings),
         meter_ids=list(dict.fromkeys(m.meter_id for m in meters)),
         health=judge(ac, efficiency, settings),
-        skipped_intervals=StreamCounts(
-            vehicle=dc.skipped, meter=sum(m.skipped for m in meters)
-        ),
+        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=sum(m.skipped for m in meters)),
     )

@@ -64,12 +64,14 @@ CROSS JOIN LATERAL (
          FROM meter_readings
          WHERE meter_id = s.meter_id
            AND read_at < s.seg_from AND read_at >= s.seg_from - $4::interval
+           AND read_at >= $2 - $4::interval  -- implied; lets PostgreSQL prune partitions
          ORDER BY read_at DESC
          LIMIT 1)
         UNION ALL
         (SELECT read_at, kwh_consumed_ac
          FROM meter_readings
-         WHERE meter_id = s.meter_id AND read_at >= s.seg_from AND read_at < s.seg_to)
+         WHERE meter_id = s.meter_id AND read_at >= s.seg_from AND read_at < s.seg_to
+           AND read_at >= $2 AND read_at < $3)  -- implied; lets PostgreSQL prune partitions
     ),
     steps AS (
         SELECT read_at,
@@ -138,6 +140,8 @@ async def meter_windows(
     """AC energy of each meter assigned to the vehicle, over its assigned part of [start, end)."""
     rows = await conn.fetch(METER_WINDOWS, vehicle_id, start, end, *_args(settings))
     return [
-        MeterWindow(r["meter_id"], r["seg_from"], r["seg_to"], r["readings"], r["kwh"], r["skipped"])
+        MeterWindow(
+            r["meter_id"], r["seg_from"], r["seg_to"], r["readings"], r["kwh"], r["skipped"]
+        )
         for r in rows
     ]

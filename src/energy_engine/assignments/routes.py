@@ -29,7 +29,9 @@ async def create_assignment(
     valid_from = body.valid_from
     if valid_from and valid_from > datetime.now(UTC) + settings.max_future_skew:
         raise ApiError(
-            422, "invalid_request", "validFrom lies in the future",
+            422,
+            "invalid_request",
+            "validFrom lies in the future",
             [ErrorItem(field="validFrom", reason="more than the allowed clock skew ahead")],
         )
     async with pool.acquire() as conn:
@@ -37,7 +39,8 @@ async def create_assignment(
             row, created = await store.assign(conn, body.vehicle_id, body.meter_id, valid_from)
         except store.Conflict as exc:
             raise ApiError(
-                409, "assignment_conflict",
+                409,
+                "assignment_conflict",
                 f"validFrom must not precede {exc.boundary.isoformat()}, where the vehicle's or "
                 "the meter's assignment history already has a boundary",
                 [ErrorItem(field="validFrom", reason="overlaps an existing assignment")],

@@ -11,7 +11,7 @@ from fastapi import Request
 from pydantic import Field, TypeAdapter, ValidationError
 
 from energy_engine.errors import ApiError, ErrorItem
-from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
+from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.settings import Settings
 
 R = TypeVar("R", MeterReading, VehicleReading, MeterReading | VehicleReading)
@@ -37,9 +37,9 @@ class ReadingParser(Generic[R]):
         """All readings of `body`, or an ApiError listing every problem found."""
         is_batch = body.lstrip()[:1] == b"["
         try:
-            readings = self.batch.validate_json(body) if is_batch else [
-                self.single.validate_json(body)
-            ]
+            readings = (
+                self.batch.validate_json(body) if is_batch else [self.single.validate_json(body)]
+            )
         except ValidationError as exc:
             raise self._rejection(exc, is_batch) from None
         problems = self._out_of_time_range(readings, is_batch)
@@ -68,7 +68,9 @@ class ReadingParser(Generic[R]):
                 loc.pop(0)
             field = ".".join(str(part) for part in loc) or None
             items.append(ErrorItem(index=index, field=field, reason=d["msg"]))
-        if not is_batch and any(d["type"] in ("model_type", "model_attributes_type") for d in details):
+        if not is_batch and any(
+            d["type"] in ("model_type", "model_attributes_type") for d in details
+        ):
             return ApiError(
                 422, "invalid_body", "the body must be a JSON object or an array of objects", items
             )
@@ -95,9 +97,7 @@ class ReadingParser(Generic[R]):
 def _invalid(items: list[ErrorItem]) -> ApiError:
     count = len({i.index for i in items})
     noun = "reading is" if count == 1 else "readings are"
-    return ApiError(
-        422, "invalid_readings", f"{count} {noun} invalid; nothing was stored", items
-    )
+    return ApiError(422, "invalid_readings", f"{count} {noun} invalid; nothing was stored", items)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -37,8 +37,11 @@ async def vehicle_status(vehicle_id: str, pool: PoolDep, settings: SettingsDep) 
         raise not_found("vehicle", vehicle_id)
     online = _online(row["read_at"], settings)
     power = _power(
-        row["prev_read_at"], row["prev_kwh_delivered_dc"], row["read_at"],
-        row["kwh_delivered_dc"], settings,
+        row["prev_read_at"],
+        row["prev_kwh_delivered_dc"],
+        row["read_at"],
+        row["kwh_delivered_dc"],
+        settings,
     )
     return VehicleStatus(
         vehicle_id=row["vehicle_id"],
@@ -69,8 +72,11 @@ async def meter_status(meter_id: str, pool: PoolDep, settings: SettingsDep) -> M
         timestamp=row["read_at"],
         received_at=row["received_at"],
         power_kw=_power(
-            row["prev_read_at"], row["prev_kwh_consumed_ac"], row["read_at"],
-            row["kwh_consumed_ac"], settings,
+            row["prev_read_at"],
+            row["prev_kwh_consumed_ac"],
+            row["read_at"],
+            row["kwh_consumed_ac"],
+            settings,
         ),
         online=_online(row["read_at"], settings),
         vehicle_id=row["vehicle_id"],

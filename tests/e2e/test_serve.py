@@ -1,0 +1,148 @@
+"""A real `energy-engine serve` process over real HTTP, with and without DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from energy_engine.cli import cli
+from tests.readings import meter, minute_ago, vehicle
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start the engine; yield its base URL once ready; stop it with SIGTERM."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "energy_engine.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"serve exited early:\n{output}")
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready in 60 s"
+            time.sleep(0.2)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_serve_with_database_url_takes_concurrent_clients_and_stops_cleanly(
+    database_url: str, tmp_path: Path
+) -> None:
+    with serve({"DATABASE_URL": database_url}, tmp_path) as (base, process):
+
+        async def load() -> list[int]:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                await http.post("/v1/assignments", json={"vehicleId": "V-0", "meterId": "M-0"})
+
+                async def one(d: int, m: int) -> int:
+                    batch = [
+                        meter(f"M-{d}", minute_ago(m), 100.0 + m),
+                        vehicle(f"V-{d}", minute_ago(m), 90.0 + m),
+                    ]
+                    return (await http.post("/v1/ingest", json=batch)).status_code
+
+                return await asyncio.gather(*(one(d, m) for d in range(10) for m in range(1, 31)))
+
+        codes = asyncio.run(load())
+        assert codes == [200] * 300
+        status = httpx.get(f"{base}/v1/vehicles/V-0/status").json()
+        assert status["meterId"] == "M-0"
+        assert status["timestamp"] == minute_ago(1).isoformat().replace("+00:00", "Z")
+        report = httpx.get(f"{base}/v1/analytics/performance/V-0")
+        assert report.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+    async def count() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            total: int = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM meter_readings)"
+                " + (SELECT count(*) FROM vehicle_readings)"
+            )
+            return total
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count()) == 600
+
+
+def test_serve_without_database_url_runs_an_embedded_postgres_that_keeps_data(
+    tmp_path: Path,
+) -> None:
+    env = {"DATABASE_URL": "", "ENERGY_DATA_DIR": str(tmp_path / "data")}
+    reading = vehicle("V-9", minute_ago(1), 12.5)
+    with serve(env, tmp_path) as (base, _):
+        assert httpx.post(f"{base}/v1/ingest/vehicle", json=reading).json() == {
+            "accepted": 1,
+            "duplicates": 0,
+        }
+    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
+    with serve(env, tmp_path) as (base, _):
+        # Same data directory: the reading survived the restart and is a duplicate now.
+        assert httpx.post(f"{base}/v1/ingest/vehicle", json=reading).json() == {
+            "accepted": 0,
+            "duplicates": 1,
+        }
+        assert httpx.get(f"{base}/v1/vehicles/V-9/status").json()["kwhDeliveredDc"] == 12.5
+
+
+def test_migrate_command(postgres_url: str, database_url: str) -> None:
+    result = CliRunner().invoke(cli, ["migrate"], env={"DATABASE_URL": database_url})
+    assert result.exit_code == 0, result.output
+    assert "none pending" in result.output
+
+
+@pytest.fixture
+def minute_margin() -> float:
+    """These tests start a server, so they need longer before the minute turns."""
+    return 20.0

@@ -1,0 +1,161 @@
+"""The analytics queries read one device's window through indexes, never a whole partition."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from energy_engine.analytics.store import METER_WINDOWS, VEHICLE_WINDOW
+from tests.conftest import admin, with_database
+
+HISTORY = ("meter_readings", "vehicle_readings")
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+async def _history_scans(conn: asyncpg.Connection, sql: str) -> list[tuple[str, str]]:
+    raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}")
+    plan = orjson.loads(raw)[0]["Plan"]
+    return [
+        (node["Node Type"], node["Relation Name"])
+        for node in _nodes(plan)
+        if node.get("Relation Name", "").startswith(HISTORY)
+    ]
+
+
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def history_database(postgres_url: str, template_database: str) -> Iterator[str]:
+    """A database with fleet history, built once for the module (it takes a few seconds)."""
+    name = f"energy_plans_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
+    url = with_database(postgres_url, name)
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await _fill(conn, NOW)
+        finally:
+            await conn.close()
+
+    asyncio.run(fill())
+    yield url
+    asyncio.run(admin(postgres_url, f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+async def conn(history_database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the module's history database."""
+    connection = await asyncpg.connect(history_database, server_settings={"timezone": "UTC"})
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def fleet_history() -> datetime:
+    """The time the history ends."""
+    return NOW
+
+
+async def _fill(conn: asyncpg.Connection, now: datetime) -> None:
+    """100 vehicles and 100 meters, a reading a minute for the last 50 hours, assigned 1:1.
+
+    The plans are checked with a one-day baseline lookback so that every partition they may
+    touch holds rows, as in production: on an empty partition a sequential scan is free.
+    """
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await conn.execute(
+        """
+        INSERT INTO meter_readings (meter_id, read_at, kwh_consumed_ac, voltage)
+        SELECT 'M-' || d, $1::timestamptz - m * interval '1 minute', 10000 - m, 230
+        FROM generate_series(1, 100) d, generate_series(0, 50 * 60) m;
+        """,
+        now,
+    )
+    await conn.execute(
+        """
+        INSERT INTO vehicle_readings (vehicle_id, read_at, soc, kwh_delivered_dc, battery_temp)
+        SELECT 'V-' || d, $1::timestamptz - m * interval '1 minute', 50, 9000 - m * 0.9, 25
+        FROM generate_series(1, 100) d, generate_series(0, 50 * 60) m;
+        """,
+        now,
+    )
+    await conn.execute(
+        """
+        INSERT INTO assignments (vehicle_id, meter_id, valid_from)
+        SELECT 'V-' || d, 'M-' || d, $1::timestamptz - interval '60 hours'
+        FROM generate_series(1, 100) d
+        """,
+        now,
+    )
+    await conn.execute("ANALYZE")
+
+
+def _literal(sql: str, vehicle: str, start: datetime, end: datetime) -> str:
+    values = {
+        "$1": f"'{vehicle}'",
+        "$2": f"'{start.isoformat()}'::timestamptz",
+        "$3": f"'{end.isoformat()}'::timestamptz",
+        "$4": "'1 day'",
+        "$5": "500",
+        "$6": "false",
+    }
+    for placeholder, value in values.items():
+        sql = sql.replace(placeholder, value)
+    return sql
+
+
+@pytest.mark.parametrize("query", [VEHICLE_WINDOW, METER_WINDOWS], ids=["vehicle", "meter"])
+async def test_analytics_never_seq_scans_history(
+    conn: asyncpg.Connection, fleet_history: datetime, query: str
+) -> None:
+    sql = _literal(query, "V-17", fleet_history - timedelta(hours=24), fleet_history)
+    scans = await _history_scans(conn, sql)
+    assert scans, "the plan reads no history at all"
+    assert all(kind != "Seq Scan" for kind, _ in scans), scans
+    assert {kind for kind, _ in scans} <= {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}
+
+
+@pytest.mark.parametrize("query", [VEHICLE_WINDOW, METER_WINDOWS], ids=["vehicle", "meter"])
+async def test_generic_plans_never_seq_scan_history(
+    conn: asyncpg.Connection, fleet_history: datetime, query: str
+) -> None:
+    # The server runs these as prepared statements; after a few runs PostgreSQL may switch to
+    # a generic plan, which must be index-only as well.
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(
+        f"PREPARE q(text, timestamptz, timestamptz, interval, float8, boolean) AS {query}"
+    )
+    start = (fleet_history - timedelta(hours=24)).isoformat()
+    scans = await _history_scans(
+        conn, f"EXECUTE q('V-17', '{start}', '{fleet_history.isoformat()}', '1 day', 500, false)"
+    )
+    assert scans
+    assert all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+async def test_window_reads_only_its_own_rows(
+    conn: asyncpg.Connection, fleet_history: datetime
+) -> None:
+    sql = _literal(VEHICLE_WINDOW, "V-17", fleet_history - timedelta(hours=24), fleet_history)
+    raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
+    nodes = [
+        n
+        for n in _nodes(orjson.loads(raw)[0]["Plan"])
+        if n.get("Relation Name", "").startswith("vehicle_readings")
+    ]
+    # 24 h at a reading a minute, plus the one baseline row: nothing of the other 99 vehicles.
+    assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in nodes) == 24 * 60 + 1
