@@ -44,6 +44,17 @@ async def admin(url: str, *statements: str) -> None:
         await conn.close()
 
 
+@contextlib.contextmanager
+def cloned_database(postgres_url: str, template: str, prefix: str) -> Iterator[str]:
+    """A database cloned from `template` for a synchronous scope (a module fixture)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template}"))
+    try:
+        yield with_database(postgres_url, name)
+    finally:
+        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An administrative URL of the PostgreSQL server the tests run against."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +17,7 @@ from energy_engine.energy import Reading, window_energy
 from energy_engine.ingest import store as ingest
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.settings import EnergySemantics, Settings
-from tests.conftest import admin, with_database
+from tests.conftest import cloned_database
 
 T0 = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
 _ids = itertools.count()
@@ -27,10 +26,8 @@ _ids = itertools.count()
 @pytest.fixture(scope="module")
 def sql_database(postgres_url: str, template_database: str) -> Iterator[str]:
     """One database for all examples; each example uses devices of its own."""
-    name = f"energy_prop_{uuid.uuid4().hex[:8]}"
-    asyncio.run(admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
-    yield with_database(postgres_url, name)
-    asyncio.run(admin(postgres_url, f"DROP DATABASE {name} WITH (FORCE)"))
+    with cloned_database(postgres_url, template_database, "energy_prop") as url:
+        yield url
 
 
 streams = st.lists(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +12,7 @@ import orjson
 import pytest
 
 from energy_engine.analytics.store import METER_WINDOWS, VEHICLE_WINDOW
-from tests.conftest import admin, with_database
+from tests.conftest import cloned_database
 
 HISTORY = ("meter_readings", "vehicle_readings")
 
@@ -40,20 +39,17 @@ NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 @pytest.fixture(scope="module")
 def history_database(postgres_url: str, template_database: str) -> Iterator[str]:
     """A database with fleet history, built once for the module (it takes a few seconds)."""
-    name = f"energy_plans_{uuid.uuid4().hex[:8]}"
-    asyncio.run(admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
-    url = with_database(postgres_url, name)
 
-    async def fill() -> None:
+    async def fill(url: str) -> None:
         conn = await asyncpg.connect(url)
         try:
             await _fill(conn, NOW)
         finally:
             await conn.close()
 
-    asyncio.run(fill())
-    yield url
-    asyncio.run(admin(postgres_url, f"DROP DATABASE {name} WITH (FORCE)"))
+    with cloned_database(postgres_url, template_database, "energy_plans") as url:
+        asyncio.run(fill(url))
+        yield url
 
 
 @pytest.fixture
@@ -76,7 +72,6 @@ async def _fill(conn: asyncpg.Connection, now: datetime) -> None:
     The plans are checked with a one-day baseline lookback so that every partition they may
     touch holds rows, as in production: on an empty partition a sequential scan is free.
     """
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
     await conn.execute(
         """
         INSERT INTO meter_readings (meter_id, read_at, kwh_consumed_ac, voltage)
