@@ -21,6 +21,7 @@ from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers
 from energy_engine.ingest import routes as ingest
 from energy_engine.ingest.models import AnyReading
+from energy_engine.ingest.writer import GroupWriter
 from energy_engine.settings import Settings
 from energy_engine.status.routes import router as status_router
 
@@ -51,8 +52,17 @@ def create_app(settings: Settings) -> FastAPI:
                 async with pool.acquire() as conn:
                     await db.prepare(conn, settings)
                 app.state.pool = pool
+                writer = GroupWriter(
+                    pool,
+                    writers=settings.writer_connections,
+                    max_queued=settings.max_queued_readings,
+                    max_flush=settings.max_flush_readings,
+                )
+                writer.start()
+                app.state.writer = writer
                 maintenance = asyncio.create_task(_maintain_partitions(pool, settings))
                 yield
+                await writer.close()  # commit everything queued before the pool goes
                 maintenance.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await maintenance

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_future_skew: timedelta = timedelta(minutes=5)
     max_reading_age: timedelta = timedelta(days=30)
 
+    # Group commit: writer tasks (one connection each), queue bound, readings per flush.
+    writer_connections: PositiveInt = 2
+    max_queued_readings: PositiveInt = 200_000
+    max_flush_readings: PositiveInt = 20_000
+
     # Energy semantics and plausibility.
     energy_semantics: EnergySemantics = EnergySemantics.CUMULATIVE
     max_power_kw: PositiveFloat = 500.0

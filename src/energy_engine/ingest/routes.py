@@ -11,11 +11,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from energy_engine.deps import PoolDep
-from energy_engine.errors import ErrorBody
+from energy_engine.deps import WriterDep
+from energy_engine.errors import ApiError, ErrorBody
 from energy_engine.ingest.models import AnyReading, IngestResult, MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser, read_body
-from energy_engine.ingest.store import store_readings
+from energy_engine.ingest.writer import GroupWriter, Overloaded
 from energy_engine.settings import Settings
 
 SCHEMA_REF = "#/components/schemas/{model}"
@@ -38,9 +38,24 @@ def _body_doc(item: str) -> dict[str, Any]:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Malformed JSON"},
     413: {"model": ErrorBody, "description": "Body or batch too large"},
+    503: {"model": ErrorBody, "description": "Write queue full: retry after Retry-After seconds"},
     415: {"model": ErrorBody, "description": "Not JSON"},
     422: {"model": ErrorBody, "description": "Invalid readings: each problem by index and field"},
 }
+
+
+async def _store(
+    writer: GroupWriter, meters: list[MeterReading], vehicles: list[VehicleReading]
+) -> IngestResult:
+    try:
+        return await writer.submit(meters, vehicles)
+    except Overloaded:
+        raise ApiError(
+            503,
+            "overloaded",
+            "the write queue is full; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -51,23 +66,23 @@ def build_router(settings: Settings) -> APIRouter:
     vehicle_parser = ReadingParser.for_type(VehicleReading, settings)
 
     @router.post("", openapi_extra=_body_doc("AnyReading"))
-    async def ingest_any(request: Request, pool: PoolDep) -> IngestResult:
+    async def ingest_any(request: Request, writer: WriterDep) -> IngestResult:
         """Store meter and vehicle readings, one object or a (mixed) array; all or nothing."""
         readings = any_parser.parse(await read_body(request, settings.max_body_bytes))
         meters = [r for r in readings if isinstance(r, MeterReading)]
         vehicles = [r for r in readings if isinstance(r, VehicleReading)]
-        return await store_readings(pool, meters, vehicles)
+        return await _store(writer, meters, vehicles)
 
     @router.post("/meter", openapi_extra=_body_doc("MeterReading"))
-    async def ingest_meter(request: Request, pool: PoolDep) -> IngestResult:
+    async def ingest_meter(request: Request, writer: WriterDep) -> IngestResult:
         """Store meter readings, one object or an array; all or nothing."""
         readings = meter_parser.parse(await read_body(request, settings.max_body_bytes))
-        return await store_readings(pool, readings, [])
+        return await _store(writer, readings, [])
 
     @router.post("/vehicle", openapi_extra=_body_doc("VehicleReading"))
-    async def ingest_vehicle(request: Request, pool: PoolDep) -> IngestResult:
+    async def ingest_vehicle(request: Request, writer: WriterDep) -> IngestResult:
         """Store vehicle readings, one object or an array; all or nothing."""
         readings = vehicle_parser.parse(await read_body(request, settings.max_body_bytes))
-        return await store_readings(pool, [], readings)
+        return await _store(writer, [], readings)
 
     return router

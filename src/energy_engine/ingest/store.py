@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from energy_engine.db import Connection, Pool, days_spanned, ensure_partitions
-from energy_engine.ingest.models import IngestResult, MeterReading, VehicleReading
+from energy_engine.db import Connection, days_spanned, ensure_partitions
+from energy_engine.ingest.models import MeterReading, VehicleReading
 
 INSERT_METER_READINGS = """
 WITH batch AS (
@@ -69,7 +69,13 @@ upserted AS (
        OR s.prev_read_at IS NULL
        OR excluded.read_at > s.prev_read_at
 )
-SELECT count(*) FROM inserted
+SELECT coalesce(array_agg(first_position ORDER BY first_position), '{}')
+FROM (
+    SELECT min(b.position) AS first_position
+    FROM batch AS b
+    JOIN inserted AS i USING (meter_id, read_at)
+    GROUP BY b.meter_id, b.read_at
+) AS accepted
 """
 
 INSERT_VEHICLE_READINGS = """
@@ -127,13 +133,19 @@ upserted AS (
        OR s.prev_read_at IS NULL
        OR excluded.read_at > s.prev_read_at
 )
-SELECT count(*) FROM inserted
+SELECT coalesce(array_agg(first_position ORDER BY first_position), '{}')
+FROM (
+    SELECT min(b.position) AS first_position
+    FROM batch AS b
+    JOIN inserted AS i USING (vehicle_id, read_at)
+    GROUP BY b.vehicle_id, b.read_at
+) AS accepted
 """
 
 
-async def insert_meter_readings(conn: Connection, readings: Sequence[MeterReading]) -> int:
-    """Store meter readings; returns how many were new."""
-    accepted: int = await conn.fetchval(
+async def insert_meter_readings(conn: Connection, readings: Sequence[MeterReading]) -> list[int]:
+    """Store meter readings; returns the 1-based positions of those that were new."""
+    accepted: list[int] = await conn.fetchval(
         INSERT_METER_READINGS,
         [r.meter_id for r in readings],
         [r.timestamp for r in readings],
@@ -143,9 +155,11 @@ async def insert_meter_readings(conn: Connection, readings: Sequence[MeterReadin
     return accepted
 
 
-async def insert_vehicle_readings(conn: Connection, readings: Sequence[VehicleReading]) -> int:
-    """Store vehicle readings; returns how many were new."""
-    accepted: int = await conn.fetchval(
+async def insert_vehicle_readings(
+    conn: Connection, readings: Sequence[VehicleReading]
+) -> list[int]:
+    """Store vehicle readings; returns the 1-based positions of those that were new."""
+    accepted: list[int] = await conn.fetchval(
         INSERT_VEHICLE_READINGS,
         [r.vehicle_id for r in readings],
         [r.timestamp for r in readings],
@@ -158,35 +172,34 @@ async def insert_vehicle_readings(conn: Connection, readings: Sequence[VehicleRe
 
 async def _insert_all(
     conn: Connection, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
-) -> int:
+) -> tuple[list[int], list[int]]:
     if meters and vehicles:
         async with conn.transaction():  # all or nothing across the two streams
-            return await insert_meter_readings(conn, meters) + await insert_vehicle_readings(
-                conn, vehicles
+            return (
+                await insert_meter_readings(conn, meters),
+                await insert_vehicle_readings(conn, vehicles),
             )
     if meters:
-        return await insert_meter_readings(conn, meters)
-    return await insert_vehicle_readings(conn, vehicles)
+        return await insert_meter_readings(conn, meters), []
+    return [], await insert_vehicle_readings(conn, vehicles)
 
 
 def _is_missing_partition(exc: asyncpg.CheckViolationError) -> bool:
     return "no partition of relation" in str(exc)
 
 
-async def store_readings(
-    pool: Pool, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
-) -> IngestResult:
-    """Store a validated request's readings atomically; committed when this returns."""
-    total = len(meters) + len(vehicles)
-    async with pool.acquire() as conn:
-        try:
-            accepted = await _insert_all(conn, meters, vehicles)
-        except asyncpg.CheckViolationError as exc:
-            # A day with no partition yet (the maintenance task creates them ahead, so this is
-            # rare): create the days this request spans and retry once.
-            if not _is_missing_partition(exc):
-                raise
-            stamps = [r.timestamp for r in meters] + [r.timestamp for r in vehicles]
-            await ensure_partitions(conn, *days_spanned(stamps))
-            accepted = await _insert_all(conn, meters, vehicles)
-    return IngestResult(accepted=accepted, duplicates=total - accepted)
+async def write_readings(
+    conn: Connection, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
+) -> tuple[list[int], list[int]]:
+    """Store readings of both streams atomically; the new ones' positions, per stream."""
+    try:
+        return await _insert_all(conn, meters, vehicles)
+    except asyncpg.CheckViolationError as exc:
+        # A day with no partition yet (the maintenance task creates them ahead, so this is
+        # rare): create the days this batch spans and retry once.
+        if not _is_missing_partition(exc):
+            raise
+        stamps = [r.timestamp for r in meters] + [r.timestamp for r in vehicles]
+        await ensure_partitions(conn, *days_spanned(stamps))
+        return await _insert_all(conn, meters, vehicles)
+
