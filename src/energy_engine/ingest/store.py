@@ -202,4 +202,3 @@ async def write_readings(
         stamps = [r.timestamp for r in meters] + [r.timestamp for r in vehicles]
         await ensure_partitions(conn, *days_spanned(stamps))
         return await _insert_all(conn, meters, vehicles)
-
