@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
@@ -104,8 +105,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _status(code: int, status: str) -> Response:
-    body = b'{"status":"' + status.encode() + b'"}'
-    return Response(body, status_code=code, media_type="application/json")
+    return Response(
+        orjson.dumps({"status": status}), status_code=code, media_type="application/json"
+    )
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

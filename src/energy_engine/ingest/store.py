@@ -5,6 +5,10 @@ pairs already stored (first write wins), then folds the two newest *new* reading
 device into its hot row. The hot row keeps the newest reading and the one before it; a late
 reading can become the "previous" one but never the latest, so the hot store never goes back
 in time. Rows are inserted in (device, time) order so concurrent batches cannot deadlock.
+
+The meter and vehicle statements differ only in table and column names. They stay two plain
+SQL texts rather than one template filled in at import: each can be read, EXPLAINed and
+pasted into psql as it is, and neither changes without the other being looked at in review.
 """
 
 from __future__ import annotations
