@@ -49,12 +49,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with db.database_url(settings) as url:
             pool = await db.create_pool(url, settings)
+            writer_pool: db.Pool | None = None
             try:
                 async with pool.acquire() as conn:
                     await db.prepare(conn, settings)
                 app.state.pool = pool
+                writer_pool = await db.create_writer_pool(url, settings)
                 writer = GroupWriter(
-                    pool,
+                    writer_pool,
                     writers=settings.writer_connections,
                     max_queued=settings.max_queued_readings,
                     max_flush=settings.max_flush_readings,
@@ -63,11 +65,13 @@ def create_app(settings: Settings) -> FastAPI:
                 app.state.writer = writer
                 maintenance = asyncio.create_task(_maintain_partitions(pool, settings))
                 yield
-                await writer.close()  # commit everything queued before the pool goes
+                await writer.close()  # commit everything queued before the pools go
                 maintenance.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await maintenance
             finally:
+                if writer_pool is not None:
+                    await writer_pool.close()
                 await pool.close()
 
     app = FastAPI(
