@@ -21,6 +21,7 @@ from energy_engine.assignments.routes import router as assignments_router
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers
 from energy_engine.ingest import routes as ingest
+from energy_engine.ingest.endpoint import IngestMiddleware
 from energy_engine.ingest.models import AnyReading
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.settings import Settings
@@ -82,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(ingest.build_router(settings))
+    app.add_middleware(IngestMiddleware, settings=settings)
     app.include_router(assignments_router)
     app.include_router(status_router)
     app.include_router(analytics_router)
@@ -124,5 +125,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components.update(schema.pop("$defs"))
     schema.pop("discriminator", None)  # the tag is computed from the fields, not a property
     components["AnyReading"] = schema
+    ingest_schemas = ingest.openapi_schemas()
+    for nested in ingest_schemas.values():
+        components.update(nested.pop("$defs", {}))
+    components.update(ingest_schemas)
+    doc["paths"] = {**ingest.openapi_paths(), **doc["paths"]}
     app.openapi_schema = doc
     return doc

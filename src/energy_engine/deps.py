@@ -8,7 +8,6 @@ from fastapi import Depends, Request
 
 from energy_engine.db import Pool
 from energy_engine.errors import not_found
-from energy_engine.ingest.writer import GroupWriter
 from energy_engine.settings import Settings
 
 
@@ -24,14 +23,7 @@ def get_pool(request: Request) -> Pool:
     return pool
 
 
-def get_writer(request: Request) -> GroupWriter:
-    """The group-commit writer started by the app's lifespan."""
-    writer: GroupWriter = request.app.state.writer
-    return writer
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-WriterDep = Annotated[GroupWriter, Depends(get_writer)]
 PoolDep = Annotated[Pool, Depends(get_pool)]
 
 

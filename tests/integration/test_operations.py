@@ -87,6 +87,22 @@ async def test_openapi_documents_every_route_and_the_reading_schemas(
         "batteryTemp",
         "timestamp",
     }
-    body = doc["paths"]["/v1/ingest"]["post"]["requestBody"]["content"]["application/json"]
-    assert body["schema"]["oneOf"][0] == {"$ref": "#/components/schemas/AnyReading"}
+    content = doc["paths"]["/v1/ingest"]["post"]["requestBody"]["content"]
+    assert content["application/json"]["schema"]["oneOf"][0] == {
+        "$ref": "#/components/schemas/AnyReading"
+    }
+    assert content["application/x-ndjson"]["schema"] == {"$ref": "#/components/schemas/AnyReading"}
+    assert set(doc["paths"]["/v1/ingest/meter"]["post"]["responses"]) >= {"200", "422", "503"}
+    dangling = [ref for ref in _refs(doc) if ref.rsplit("/", 1)[-1] not in schemas]
+    assert dangling == []
     assert (await client.get("/docs")).status_code == 200
+
+
+def _refs(node: object) -> list[str]:
+    """Every `$ref` in an OpenAPI document."""
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Request
 from pydantic import Field, TypeAdapter, ValidationError
 
 from energy_engine.errors import ApiError, ErrorItem
@@ -33,8 +32,9 @@ class ReadingParser(Generic[R]):
         limits = Field(min_length=1, max_length=settings.max_batch_items)
         return cls(TypeAdapter(item), TypeAdapter(Annotated[list[item], limits]), settings)
 
-    def parse(self, body: bytes) -> list[R]:
-        """All readings of `body`, or an ApiError listing every problem found."""
+    def parse(self, body: bytes | bytearray) -> list[R]:
+        """All readings of a JSON body (one object or an array), or an ApiError naming every
+        problem found."""
         is_batch = body.lstrip()[:1] == b"["
         try:
             readings = (
@@ -47,27 +47,24 @@ class ReadingParser(Generic[R]):
             raise _invalid(problems)
         return readings
 
+    def lines(self) -> NdjsonParser[R]:
+        """A parser for an NDJSON body, fed chunk by chunk as it arrives."""
+        return NdjsonParser(self)
+
     def _rejection(self, exc: ValidationError, is_batch: bool) -> ApiError:
         details = exc.errors(include_url=False, include_input=False)
         kinds = {d["type"] for d in details}
         if "json_invalid" in kinds:
             return ApiError(400, "malformed_json", details[0]["msg"])
         if is_batch and "too_long" in kinds:
-            return ApiError(
-                413,
-                "batch_too_large",
-                f"a batch holds at most {self.settings.max_batch_items} readings; split it",
-            )
+            return _too_many(self.settings)
         if is_batch and "too_short" in kinds:
             return ApiError(422, "empty_batch", "the batch holds no readings")
         items = []
         for d in details:
             loc = list(d["loc"])
             index = loc.pop(0) if is_batch and loc and isinstance(loc[0], int) else None
-            if loc and loc[0] in _STREAM_TAGS:
-                loc.pop(0)
-            field = ".".join(str(part) for part in loc) or None
-            items.append(ErrorItem(index=index, field=field, reason=d["msg"]))
+            items.append(ErrorItem(index=index, field=_field(loc), reason=d["msg"]))
         if not is_batch and any(
             d["type"] in ("model_type", "model_attributes_type") for d in details
         ):
@@ -76,12 +73,15 @@ class ReadingParser(Generic[R]):
             )
         return _invalid(items)
 
-    def _out_of_time_range(self, readings: Sequence[R], is_batch: bool) -> list[ErrorItem]:
+    def _out_of_time_range(
+        self, readings: Sequence[R], is_batch: bool, indexes: Sequence[int] | None = None
+    ) -> list[ErrorItem]:
         now = datetime.now(UTC)
         latest = now + self.settings.max_future_skew
         oldest = now - self.settings.max_reading_age
         problems = []
-        for index, reading in enumerate(readings):
+        for position, reading in enumerate(readings):
+            index = indexes[position] if indexes is not None else position
             if reading.timestamp > latest:
                 reason = f"more than {self.settings.max_future_skew} in the future"
             elif reading.timestamp < oldest:
@@ -94,29 +94,81 @@ class ReadingParser(Generic[R]):
         return problems
 
 
+class NdjsonParser(Generic[R]):
+    """Validates an NDJSON body line by line while it streams in, so the whole body is never
+    held in memory; an item's `index` in errors is its 0-based line number (blank lines are
+    skipped but counted)."""
+
+    def __init__(self, parser: ReadingParser[R]) -> None:
+        self._parser: ReadingParser[R] = parser
+        self._pending = b""
+        self._line = 0
+        self._readings: list[R] = []
+        self._indexes: list[int] = []
+        self._malformed: list[ErrorItem] = []
+        self._invalid: list[ErrorItem] = []
+
+    def feed(self, chunk: bytes) -> None:
+        """Validate every line completed by `chunk`."""
+        data = self._pending + chunk if self._pending else chunk
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._take(data[start:end])
+            start = end + 1
+        self._pending = data[start:]
+
+    def close(self) -> list[R]:
+        """All readings, or an ApiError naming every bad line."""
+        if self._pending:
+            self._take(self._pending)
+            self._pending = b""
+        if self._malformed:
+            raise ApiError(400, "malformed_json", "lines are not valid JSON", self._malformed)
+        problems = self._invalid or self._parser._out_of_time_range(
+            self._readings, True, self._indexes
+        )
+        if problems:
+            raise _invalid(problems)
+        if not self._readings:
+            raise ApiError(422, "empty_batch", "the body holds no readings")
+        return self._readings
+
+    def _take(self, line: bytes) -> None:
+        index = self._line
+        self._line += 1
+        if not line.strip():
+            return
+        if len(self._indexes) >= self._parser.settings.max_batch_items:
+            raise _too_many(self._parser.settings)
+        try:
+            self._readings.append(self._parser.single.validate_json(line))
+            self._indexes.append(index)
+        except ValidationError as exc:
+            details = exc.errors(include_url=False, include_input=False)
+            if any(d["type"] == "json_invalid" for d in details):
+                self._malformed.append(ErrorItem(index=index, reason=details[0]["msg"]))
+                return
+            self._invalid.extend(
+                ErrorItem(index=index, field=_field(list(d["loc"])), reason=d["msg"])
+                for d in details
+            )
+
+
+def _field(loc: list[int | str]) -> str | None:
+    if loc and loc[0] in _STREAM_TAGS:
+        loc = loc[1:]
+    return ".".join(str(part) for part in loc) or None
+
+
+def _too_many(settings: Settings) -> ApiError:
+    return ApiError(
+        413,
+        "batch_too_large",
+        f"a batch holds at most {settings.max_batch_items} readings; split it",
+    )
+
+
 def _invalid(items: list[ErrorItem]) -> ApiError:
     count = len({i.index for i in items})
     noun = "reading is" if count == 1 else "readings are"
     return ApiError(422, "invalid_readings", f"{count} {noun} invalid; nothing was stored", items)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
-    content_type = request.headers.get("content-type", "application/json")
-    if "json" not in content_type:
-        raise ApiError(415, "unsupported_media_type", "send the readings as application/json")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"the body exceeds {limit} bytes; split the batch")

@@ -1,0 +1,169 @@
+"""The ingest routes as a lean ASGI handler in front of FastAPI.
+
+POST /v1/ingest, /v1/ingest/meter and /v1/ingest/vehicle take one reading per device per
+minute from the whole fleet, so their per-request cost decides the single-reading throughput.
+Through FastAPI (Request object, dependency resolution, response model, exception middleware)
+a request cost more than validating it and committing it with group commit; py-spy and
+benchmarks/RESULTS.md have the numbers. This middleware answers the three paths itself:
+bytes in, the same Pydantic `TypeAdapter` validation, the group-commit writer, orjson bytes
+out. Every other path goes on to FastAPI, and the OpenAPI document still describes these
+three (`ingest.routes.openapi_paths`).
+
+Bodies: JSON (one object or an array) or NDJSON (`application/x-ndjson`, validated line by
+line as it streams in), optionally gzip-compressed (`Content-Encoding: gzip`, inflated
+incrementally and bounded, so a small compressed body cannot inflate past the size limit).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from energy_engine.errors import ApiError
+from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
+from energy_engine.ingest.parse import ReadingParser
+from energy_engine.ingest.writer import GroupWriter, Overloaded
+from energy_engine.settings import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PATHS = {
+    "/v1/ingest": AnyReading,
+    "/v1/ingest/meter": MeterReading,
+    "/v1/ingest/vehicle": VehicleReading,
+}
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived; nothing to answer."""
+
+
+class IngestMiddleware:
+    """Answers the ingest paths; hands every other request to the wrapped app."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.parsers = {
+            path: ReadingParser.for_type(kind, settings) for path, kind in PATHS.items()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parser = self.parsers.get(scope["path"]) if scope["type"] == "http" else None
+        if parser is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            wrong = ApiError(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
+            await _answer(send, wrong.status, _error_body(wrong), wrong.headers)
+            return
+        writer: GroupWriter = scope["app"].state.writer
+        try:
+            readings = await _read_readings(parser, scope, receive, self.settings.max_body_bytes)
+            meters = [r for r in readings if isinstance(r, MeterReading)]
+            vehicles = [r for r in readings if isinstance(r, VehicleReading)]
+            result = await writer.submit(meters, vehicles)
+        except ApiError as error:
+            await _answer(send, error.status, _error_body(error), error.headers)
+            return
+        except Overloaded:
+            busy = ApiError(503, "overloaded", "the write queue is full; retry shortly")
+            await _answer(send, 503, _error_body(busy), {"Retry-After": "1"})
+            return
+        except _Disconnected:
+            return
+        body = orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates})
+        await _answer(send, 200, body)
+
+
+async def _read_readings(
+    parser: ReadingParser[Any], scope: Scope, receive: Receive, limit: int
+) -> list[Any]:
+    headers = _headers(scope)
+    media_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    is_ndjson = media_type in NDJSON_TYPES
+    if not is_ndjson and "json" not in media_type:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the readings as application/json or application/x-ndjson",
+        )
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise ApiError(415, "unsupported_encoding", "Content-Encoding may be gzip or identity")
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks = _body_chunks(receive, limit, gzip=encoding == "gzip")
+    if is_ndjson:
+        lines = parser.lines()
+        async for chunk in chunks:
+            lines.feed(chunk)
+        return lines.close()
+    body: bytes | bytearray = b""
+    async for chunk in chunks:
+        if not body:
+            body = chunk  # most bodies arrive in one piece: no copy
+        else:
+            if isinstance(body, bytes):
+                body = bytearray(body)
+            body += chunk
+    return parser.parse(body)
+
+
+async def _body_chunks(receive: Receive, limit: int, *, gzip: bool) -> AsyncIterator[bytes]:
+    """The body as it arrives, inflated when gzip; 413 as soon as it exceeds `limit` bytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        more = message.get("more_body", False)
+        chunk: bytes = message.get("body", b"")
+        if inflater is not None:
+            try:
+                # At most one byte past the limit: enough to know the body is too large.
+                chunk = inflater.decompress(chunk, limit - size + 1)
+            except zlib.error as exc:
+                raise ApiError(400, "malformed_gzip", f"the gzip body is corrupt: {exc}") from None
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        if inflater is not None and not more and not inflater.eof:
+            raise ApiError(400, "malformed_gzip", "the gzip body is truncated")
+        if chunk:
+            yield chunk
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the body exceeds {limit} bytes; split the batch")
+
+
+def _error_body(error: ApiError) -> bytes:
+    return error.body.model_dump_json(by_alias=True).encode()
+
+
+async def _answer(
+    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    raw_headers = list(_JSON_HEADERS)
+    raw_headers.append((b"content-length", str(len(body)).encode()))
+    for name, value in (headers or {}).items():
+        raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
