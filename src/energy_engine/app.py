@@ -109,6 +109,11 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def app_from_environment() -> FastAPI:
+    """The app for settings read from the environment (one `serve --workers` process)."""
+    return create_app(Settings())
+
+
 def _status(code: int, status: str) -> Response:
     return Response(
         orjson.dumps({"status": status}), status_code=code, media_type="application/json"

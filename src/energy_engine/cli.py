@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -23,23 +24,36 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes sharing the port (one per core).")
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set)."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # one line per reading at 20,000 devices is noise
+    }
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
     # that was there before; make that handler report the graceful stop as success.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=log_level,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # one line per reading at 20,000 devices is noise, not observability
-    )
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Several processes: start the embedded PostgreSQL (if any) once, here, and let every
+    # worker build its app from the environment pointing at it. On SIGTERM uvicorn's
+    # supervisor stops each worker, and each drains its own queue before it exits.
+    with db.database_url(settings) as url:
+        os.environ["DATABASE_URL"] = url
+        uvicorn.run(
+            "energy_engine.app:app_from_environment", factory=True, workers=workers, **options
+        )
 
 
 @cli.command()
@@ -59,6 +73,106 @@ def migrate() -> None:
         outcome = asyncio.run(run(url))
     typer.echo(f"migrations applied: {outcome['applied'] or 'none pending'}")
     typer.echo(f"partitions created: {outcome['partitions_created']}")
+
+
+@cli.command("import")
+def import_(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="FILE...",
+            help="*.ndjson / *.jsonl (meters and vehicles mixed) or *.csv (one stream), "
+            "each optionally .gz.",
+        ),
+    ],
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Readings validated, copied and committed together.")
+    ] = 100_000,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Import readings from files; importing a file again stores nothing twice.
+
+    Rows are validated as the API validates them; an invalid row stops the import (exit
+    status 2) before anything of its chunk is stored.
+    """
+    from pathlib import Path
+
+    from energy_engine.importer import run
+
+    paths = [Path(file) for file in files]
+    raise typer.Exit(run.run(paths, Settings(), chunk_rows=chunk_rows, quiet=quiet))
+
+
+@cli.command()
+def simulate(
+    meters: Annotated[int, typer.Option(min=0, help="Chargers, each behind a smart meter.")] = 10,
+    vehicles: Annotated[int, typer.Option(min=0, help="Electric vehicles.")] = 10,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Readings per second, all devices together: simulated time runs "
+            "RATE x 60 / (meters + vehicles) times as fast as real time.",
+        ),
+    ] = None,
+    speedup: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Simulated minutes per real minute."),
+    ] = None,
+    backfill: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=30,
+            metavar="DAYS",
+            help="Start DAYS in the past. Alone: send that history as fast as possible and "
+            "exit. With --rate or --speedup: replay it at that pace, then go on live.",
+        ),
+    ] = None,
+    url: Annotated[str, typer.Option(help="The engine's base URL.")] = "http://127.0.0.1:8000",
+    seed: Annotated[int, typer.Option(help="Same seed, same fleet, same readings.")] = 0,
+    faulty_share: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of chargers near 0.70 efficiency.")
+    ] = 0.05,
+    batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Readings a request.")] = 1000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 4,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Write the --backfill readings to this NDJSON file (gzip if it ends in .gz) "
+            "and the plug-ins to NAME.assignments.ndjson beside it, instead of sending.",
+        ),
+    ] = None,
+) -> None:
+    """Simulate a fleet: vehicles drive, plug in and charge; meters and vehicles report.
+
+    Each device reports once a simulated minute; a vehicle plugging in gets assigned.
+
+    Without --rate, --speedup or --backfill the fleet runs in real time until Ctrl-C.
+    """
+    from pathlib import Path
+
+    from energy_engine.simulate import send
+    from energy_engine.simulate.fleet import FleetConfig
+
+    if rate is not None and speedup is not None:
+        raise typer.BadParameter("give --rate or --speedup, not both")
+    if out is not None and (backfill is None or rate is not None or speedup is not None):
+        raise typer.BadParameter("--out writes a --backfill; it takes no --rate or --speedup")
+    config = FleetConfig(meters=meters, vehicles=vehicles, seed=seed, faulty_share=faulty_share)
+    stats = send.run(
+        config,
+        url=url,
+        rate=rate,
+        speedup=speedup,
+        backfill_days=backfill,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        out=None if out is None else Path(out),
+    )
+    if stats.first_error:
+        raise typer.Exit(1)
 
 
 def main() -> None:

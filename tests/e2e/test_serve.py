@@ -32,7 +32,9 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def serve(
+    env: dict[str, str], cwd: Path, *args: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start the engine; yield its base URL once ready; stop it with SIGTERM."""
     port = _free_port()
     process = subprocess.Popen(
@@ -45,6 +47,7 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[str, subprocess.Pope
             str(port),
             "--log-level",
             "warning",
+            *args,
         ],
         env={**os.environ, **env},
         cwd=cwd,
@@ -134,6 +137,81 @@ def test_serve_without_database_url_runs_an_embedded_postgres_that_keeps_data(
             "duplicates": 1,
         }
         assert httpx.get(f"{base}/v1/vehicles/V-9/status").json()["kwhDeliveredDc"] == 12.5
+
+
+async def _stored_pairs(database_url: str) -> set[tuple[str, str]]:
+    conn = await asyncpg.connect(database_url, server_settings={"timezone": "UTC"})
+    try:
+        rows = await conn.fetch(
+            "SELECT meter_id AS id, read_at FROM meter_readings"
+            " UNION ALL SELECT vehicle_id, read_at FROM vehicle_readings"
+        )
+    finally:
+        await conn.close()
+    return {(row["id"], row["read_at"].isoformat().replace("+00:00", "Z")) for row in rows}
+
+
+def test_sigterm_under_load_commits_every_acknowledged_reading_and_exits_0(
+    database_url: str, tmp_path: Path
+) -> None:
+    acked: set[tuple[str, str]] = set()
+    sent: set[tuple[str, str]] = set()
+    with serve({"DATABASE_URL": database_url}, tmp_path) as (base, process):
+
+        async def client(number: int, stop_at: float) -> None:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                for minute in range(1, 10_000):
+                    batch = [
+                        meter(f"M-{number}-{d}", minute_ago(minute), minute) for d in range(100)
+                    ]
+                    pairs = {(item["meterId"], item["timestamp"]) for item in batch}
+                    sent.update(pairs)
+                    if time.monotonic() > stop_at:
+                        process.send_signal(signal.SIGTERM)
+                    try:
+                        response = await http.post("/v1/ingest/meter", json=batch)
+                    except httpx.TransportError:
+                        return  # the server stopped taking requests
+                    if response.status_code == 200:
+                        acked.update(pairs)
+                    else:
+                        assert response.status_code == 503, response.text
+
+        async def load() -> None:
+            stop_at = time.monotonic() + 2.0
+            await asyncio.gather(*(client(n, stop_at) for n in range(24)))
+
+        asyncio.run(load())
+        assert process.wait(timeout=30) == 0
+
+    stored = asyncio.run(_stored_pairs(database_url))
+    assert len(acked) >= 100 * 24  # the load ran for a while before the signal
+    assert acked <= stored  # nothing acknowledged was lost
+    assert stored <= sent
+
+
+def test_serve_with_several_workers_shares_one_embedded_postgres(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "", "ENERGY_DATA_DIR": str(tmp_path / "data")}
+    with serve(env, tmp_path, "--workers", "2") as (base, process):
+
+        async def load() -> list[dict[str, int]]:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
+                async def one(m: int) -> dict[str, int]:
+                    reading = vehicle("V-1", minute_ago(m), float(100 - m))
+                    answer: dict[str, int] = (
+                        await http.post("/v1/ingest/vehicle", json=reading)
+                    ).json()
+                    return answer
+
+                return await asyncio.gather(*(one(m) for m in range(1, 41)))
+
+        answers = asyncio.run(load())
+        assert answers == [{"accepted": 1, "duplicates": 0}] * 40
+        status = httpx.get(f"{base}/v1/vehicles/V-1/status").json()
+        assert status["kwhDeliveredDc"] == 99.0  # the newest reading, whichever worker took it
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
 
 
 def test_migrate_command(postgres_url: str, database_url: str) -> None:
