@@ -111,13 +111,18 @@ def simulate(
         float | None,
         typer.Option(
             min=0.001,
-            help="Readings per second, all devices together: simulated time runs "
-            "RATE x 60 / (meters + vehicles) times as fast as real time.",
+            help="Readings per second, all devices together: simulated time runs at "
+            "RATE x 60 / (meters + vehicles) times real time. Replays the --backfill history "
+            "(1 day unless given) at that pace, then goes on live.",
         ),
     ] = None,
     speedup: Annotated[
         float | None,
-        typer.Option(min=0.001, help="Simulated minutes per real minute."),
+        typer.Option(
+            min=0.001,
+            help="Simulated minutes per real minute; like --rate, replays the --backfill "
+            "history (1 day unless given), then goes on live.",
+        ),
     ] = None,
     backfill: Annotated[
         float | None,
@@ -125,8 +130,7 @@ def simulate(
             min=0,
             max=30,
             metavar="DAYS",
-            help="Start DAYS in the past. Alone: send that history as fast as possible and "
-            "exit. With --rate or --speedup: replay it at that pace, then go on live.",
+            help="Start DAYS in the past. Alone: send that history as fast as possible, then exit.",
         ),
     ] = None,
     url: Annotated[str, typer.Option(help="The engine's base URL.")] = "http://127.0.0.1:8000",

@@ -1,0 +1,160 @@
+"""The simulator driven through the engine: what it sends is accepted and judged correctly."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from energy_engine.cli import cli
+from energy_engine.simulate.fleet import Fleet, FleetConfig, floor_minute
+from energy_engine.simulate.send import (
+    Stats,
+    assignments_path,
+    post_assignments,
+    read_assignments,
+    simulate,
+)
+
+# Six vehicles, each on its own bay (no roaming), plugging in at every short stop; two of the
+# six chargers are faulty.
+DEPOT = FleetConfig(
+    meters=6,
+    vehicles=6,
+    seed=4,
+    faulty_share=0.34,
+    roam_share=0.0,
+    trip_minutes=(5, 20),
+    stop_minutes=(40, 90),
+    charge_below_soc=(100.0, 100.0),
+    initial_soc=(10.0, 40.0),
+)
+
+
+def now() -> datetime:
+    return floor_minute(datetime.now(UTC))
+
+
+async def report(client: httpx.AsyncClient, vehicle_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/analytics/performance/{vehicle_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_backfill_is_accepted_and_judged_per_charger(client: httpx.AsyncClient) -> None:
+    end = now()
+    fleet = Fleet(DEPOT, end - timedelta(hours=3))
+    stats = await simulate(client, fleet, end=end, batch_size=500, concurrency=3)
+
+    minutes = 3 * 60 + 1
+    assert stats.readings == stats.accepted == 12 * minutes
+    assert (stats.duplicates, stats.rejected, stats.first_error) == (0, 0, None)
+    assert stats.assignments == 6  # each vehicle once, to its own bay
+    assert stats.assignment_conflicts == stats.assignment_errors == 0
+
+    faulty = 0
+    for vehicle, charger in zip(fleet.vehicles, fleet.chargers, strict=True):
+        body = await report(client, vehicle.vehicle_id)
+        assert body["meterIds"] == [charger.meter_id]
+        assert body["readings"] == {"vehicle": minutes, "meter": body["readings"]["meter"]}
+        assert body["acConsumedKwh"] > 1
+        assert body["efficiency"] == pytest.approx(charger.efficiency, abs=2e-3)
+        if charger.efficiency >= 0.85:
+            assert body["health"] == "healthy"
+        else:
+            faulty += 1
+            assert body["efficiency"] == pytest.approx(0.70, abs=0.03)
+            assert body["health"] == "critical"
+    assert faulty == 2
+
+
+async def test_sending_again_stores_nothing_twice(client: httpx.AsyncClient) -> None:
+    end = now()
+    start = end - timedelta(minutes=90)
+    first = await simulate(client, Fleet(DEPOT, start), end=end)
+    again = await simulate(client, Fleet(DEPOT, start), end=end)
+    assert again.readings == again.duplicates == first.accepted
+    assert again.accepted == again.rejected == 0
+    # Each vehicle is still assigned to its bay; the repeated plug-ins change nothing.
+    assert again.assignments_unchanged == first.assignments
+    assert again.assignment_conflicts == again.assignment_errors == 0
+
+
+async def test_roaming_vehicles_get_assignments_in_order(client: httpx.AsyncClient) -> None:
+    config = replace(DEPOT, meters=3, vehicles=8, roam_share=0.5, stop_minutes=(20, 60))
+    end = now()
+    stats = await simulate(client, Fleet(config, end - timedelta(hours=4)), end=end)
+    assert stats.readings == stats.accepted
+    assert stats.assignments > 8
+    assert stats.assignment_conflicts == stats.assignment_errors == 0
+    for index in range(1, 9):
+        body = await report(client, f"vehicle-{index:05d}")
+        # A mix of the chargers it used: never above the best nor below the worst.
+        assert body["efficiency"] is None or 0.68 <= body["efficiency"] <= 0.95, body
+
+
+async def test_paced_replay_takes_its_time(client: httpx.AsyncClient) -> None:
+    end = now()
+    fleet = Fleet(replace(DEPOT, meters=2, vehicles=3), end - timedelta(minutes=4))
+    started = time.monotonic()
+    stats = await simulate(client, fleet, end=end, speedup=300, batch_size=2)
+    # Five minutes of readings at 300x: the last minute is due 4 min / 300 = 0.8 s in.
+    assert time.monotonic() - started >= 0.75
+    assert stats.readings == stats.accepted == 5 * 5
+
+
+async def test_the_api_refusing_a_batch_is_counted(client: httpx.AsyncClient) -> None:
+    # Readings older than the API accepts: every batch is refused with a 422.
+    start = now() - timedelta(days=40)
+    fleet = Fleet(replace(DEPOT, meters=1, vehicles=1), start)
+    stats = await simulate(client, fleet, end=start + timedelta(minutes=9), batch_size=5)
+    assert stats.readings == stats.rejected == 20
+    assert stats.accepted == 0
+    assert stats.first_error is not None and stats.first_error.startswith("POST /v1/ingest: 422")
+
+
+async def test_out_file_is_what_the_api_takes(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    out = tmp_path / "fleet.ndjson.gz"
+    result = CliRunner().invoke(
+        cli,
+        ["simulate", "--meters", "3", "--vehicles", "4", "--backfill", "0.05", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert assignments_path(out) == tmp_path / "fleet.assignments.ndjson"
+
+    with gzip.open(out, "rb") as lines:
+        readings = [orjson.loads(line) for line in lines]
+    minutes = 72 + 1  # 0.05 days, both ends included
+    assert len(readings) == 7 * minutes
+    assert {tuple(r) for r in readings} == {
+        ("meterId", "kwhConsumedAc", "voltage", "timestamp"),
+        ("vehicleId", "soc", "kwhDeliveredDc", "batteryTemp", "timestamp"),
+    }
+    response = await client.post("/v1/ingest", content=orjson.dumps(readings))
+    assert response.json() == {"accepted": len(readings), "duplicates": 0}
+
+    plugs = read_assignments(assignments_path(out))
+    assert plugs
+    stats = Stats()
+    await post_assignments(client, plugs, stats)
+    assert stats.assignments == len(plugs)
+    assert stats.first_error is None
+
+
+def test_out_needs_a_backfill_and_no_pace(tmp_path: Path) -> None:
+    out = str(tmp_path / "x.ndjson")
+    for extra in ([], ["--backfill", "1", "--speedup", "10"]):
+        result = CliRunner().invoke(cli, ["simulate", "--out", out, *extra])
+        assert result.exit_code == 2
+    result = CliRunner().invoke(cli, ["simulate", "--rate", "10", "--speedup", "10"])
+    assert result.exit_code == 2
+    assert not Path(out).exists()
