@@ -36,8 +36,11 @@ async def test_concurrent_migrations_apply_each_version_once(postgres_url: str) 
     try:
         results = await asyncio.gather(*(db.prepare(c, Settings(_env_file=None)) for c in conns))
         applied = [r["applied"] for r in results]
-        assert sorted(applied, key=len) == [[], [], [], ["0001_initial"]]
-        assert await conns[0].fetchval("SELECT count(*) FROM schema_migrations") == 1
+        shipped = [f"{m.version:04d}_{m.name}" for m in db.load_migrations()]
+        assert shipped[:2] == ["0001_initial", "0002_compact_history"]
+        assert sorted(applied, key=len) == [[], [], [], shipped]
+        count = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+        assert count == len(shipped)
         assert await db.pending_migrations(conns[0]) == 0
         assert await conns[0].fetchval("SELECT to_regclass('meter_readings') IS NOT NULL")
     finally:
@@ -106,3 +109,48 @@ def _refs(node: object) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _refs(value)]
     return []
+
+
+async def test_compacting_migration_keeps_every_row(postgres_url: str) -> None:
+    name = f"energy_v1_{uuid.uuid4().hex[:8]}"
+    await admin(postgres_url, f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(with_database(postgres_url, name))
+    try:
+        first = db.load_migrations()[0]
+        await conn.execute(first.sql)
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (1, $1)", first.name
+        )
+        await conn.execute("SELECT ensure_reading_partitions('2026-01-01', '2026-01-02')")
+        await conn.execute(
+            "INSERT INTO meter_readings (meter_id, read_at, kwh_consumed_ac, voltage)"
+            " VALUES ('M-1', '2026-01-01T23:59Z', 12345.678, 229.5),"
+            " ('M-1', '2026-01-02T00:00Z', 12345.679, 230.25)"
+        )
+        await conn.execute(
+            "INSERT INTO vehicle_readings"
+            " (vehicle_id, read_at, soc, kwh_delivered_dc, battery_temp)"
+            " VALUES ('V-1', '2026-01-02T00:00Z', 55.5, 87.125, 31.5)"
+        )
+        assert await db.migrate(conn) == [
+            f"{m.version:04d}_{m.name}" for m in db.load_migrations()[1:]
+        ]
+        meters = await conn.fetch(
+            "SELECT meter_id, kwh_consumed_ac, voltage FROM meter_readings ORDER BY read_at"
+        )
+        assert [tuple(r) for r in meters] == [("M-1", 12345.678, 229.5), ("M-1", 12345.679, 230.25)]
+        vehicle = await conn.fetchrow(
+            "SELECT soc, kwh_delivered_dc, battery_temp FROM vehicle_readings"
+        )
+        assert tuple(vehicle) == (55.5, 87.125, 31.5)
+        partitions = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'meter_readings'::regclass"
+        )
+        assert partitions == 2
+    finally:
+        await conn.close()
+        await admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
