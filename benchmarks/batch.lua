@@ -3,6 +3,8 @@
 -- next block of devices; once all devices are covered, the next minute starts.
 -- Environment: BENCH_PREFIX (device-id prefix, unique per run), BENCH_DEVICES (per thread),
 -- BENCH_BATCH (readings per request), BENCH_DAYS_BACK (where time starts).
+dofile("report.lua")
+
 local next_id = 0
 
 function setup(thread)

@@ -2,6 +2,8 @@
 -- request is a new reading, as in the peers' benchmark. Per-device time moves forward (so
 -- the hot row is updated as in production), starting BENCH_DAYS_BACK days ago.
 -- Environment: BENCH_PREFIX (device-id prefix, unique per run), BENCH_DEVICES (per thread).
+dofile("report.lua")
+
 local next_id = 0
 
 function setup(thread)

@@ -1,0 +1,1 @@
+"""`energy-engine bench`: the reproducible benchmark behind benchmarks/RESULTS.md."""

@@ -1,0 +1,210 @@
+"""What the benchmark drives: wrk, an `energy-engine serve` process, a PostgreSQL to measure.
+
+wrk (the Debian package) generates the closed-model HTTP load: a Python load generator
+saturates a core long before the server does (shared/FACTS.md). The Lua scripts in
+`benchmarks/` give every request a (device, minute) pair no other request uses and print one
+`BENCH_RESULT {json}` line that is parsed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+RESULT_MARK = "BENCH_RESULT "
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a tool is missing, the server did not start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrkRun:
+    """One wrk run, as its Lua `done()` reported it."""
+
+    requests: int
+    seconds: float
+    status_errors: int  # answered, but not 2xx/3xx
+    socket_errors: int  # connect/read/write errors and timeouts
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def per_second(self) -> float:
+        """Completed requests per second."""
+        return self.requests / self.seconds
+
+    @property
+    def acknowledged(self) -> int:
+        """Requests answered with a 2xx."""
+        return self.requests - self.status_errors
+
+
+def median_run(runs: list[WrkRun]) -> WrkRun:
+    """The run with the median throughput (a real run, so its latencies belong together)."""
+    ordered = sorted(runs, key=lambda run: run.per_second)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def median(values: list[float]) -> float:
+    """The median, low for an even count (the conservative one)."""
+    return statistics.median_low(values)
+
+
+def ensure_wrk() -> str:
+    """The wrk binary; installs the Debian package when running as root, else explains."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
+        if not shutil.which("wrk"):
+            subprocess.run(["apt-get", "update"], check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("wrk is needed for the HTTP scenarios: sudo apt-get install -y wrk")
+    return found
+
+
+def run_wrk(
+    wrk: str,
+    scripts: Path,
+    script: str,
+    url: str,
+    *,
+    connections: int,
+    seconds: int,
+    env: dict[str, str],
+    threads: int = 2,
+) -> WrkRun:
+    """Run one wrk load and parse what its script reported."""
+    command = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        script,
+        url,
+    ]
+    done = subprocess.run(
+        command, cwd=scripts, env={**os.environ, **env}, capture_output=True, text=True
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            raw = orjson.loads(line[len(RESULT_MARK) :])
+            return WrkRun(
+                requests=raw["requests"],
+                seconds=raw["duration_us"] / 1e6,
+                status_errors=raw["status_errors"],
+                socket_errors=raw["connect_errors"]
+                + raw["read_errors"]
+                + raw["write_errors"]
+                + raw["timeouts"],
+                p50_ms=raw["p50_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+            )
+    raise BenchError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
+    """A running `energy-engine serve` on `database_url`; yields its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "energy_engine.cli", "serve", "--port", str(port)]
+    command += ["--workers", str(workers), "--log-level", "warning"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(base):
+            if process.poll() is not None:
+                raise BenchError(f"the engine exited at start-up; see {log}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the engine was not ready in 120 s; see {log}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/health/ready", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def machine() -> str:
+    """CPU model, cores, memory, OS and Python: what a reader needs to compare numbers."""
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kib / 1024 / 1024:.0f} GiB RAM"
+    return (
+        f"{cpu}, {os.cpu_count()} cores{memory}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def git_revision(root: Path) -> str:
+    """The checked-out commit, marked dirty when the tree has changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + (" (with uncommitted changes)" if dirty else "")
