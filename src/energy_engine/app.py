@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,7 @@ from energy_engine.ingest import routes as ingest
 from energy_engine.ingest.endpoint import IngestMiddleware
 from energy_engine.ingest.models import AnyReading
 from energy_engine.ingest.writer import GroupWriter
+from energy_engine.rollups import store as rollups
 from energy_engine.settings import Settings
 from energy_engine.status.routes import router as status_router
 
@@ -43,6 +45,16 @@ async def _maintain_partitions(pool: db.Pool, settings: Settings) -> None:
             log.exception("partition maintenance failed")
 
 
+async def _refresh_rollups(pool: db.Pool, settings: Settings) -> None:
+    """Keep the hourly rollups caught up (any process may run it; one at a time does)."""
+    while True:
+        try:
+            await rollups.refresh(pool, settings, datetime.now(UTC))
+        except Exception:  # the next round retries; analytics read raw rows meanwhile
+            log.exception("rollup refresh failed")
+        await asyncio.sleep(settings.rollup_refresh_every.total_seconds())
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The engine's API for `settings`; nothing connects until the lifespan starts."""
 
@@ -54,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 async with pool.acquire() as conn:
                     await db.prepare(conn, settings)
+                    if await rollups.match_rules(conn, settings):
+                        log.warning("energy rules changed: hourly rollups are being rebuilt")
                 app.state.pool = pool
                 writer_pool = await db.create_writer_pool(url, settings)
                 writer = GroupWriter(
@@ -64,12 +78,16 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 writer.start()
                 app.state.writer = writer
-                maintenance = asyncio.create_task(_maintain_partitions(pool, settings))
+                background = [
+                    asyncio.create_task(_maintain_partitions(pool, settings)),
+                    asyncio.create_task(_refresh_rollups(pool, settings)),
+                ]
                 yield
                 await writer.close()  # commit everything queued before the pools go
-                maintenance.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await maintenance
+                for task in background:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             finally:
                 if writer_pool is not None:
                     await writer_pool.close()

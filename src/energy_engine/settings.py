@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     warning_efficiency: float = Field(default=0.75, gt=0, le=1)
     min_ac_kwh: float = Field(default=1.0, ge=0)
 
+    # Hourly rollups: an hour is sealed and rolled up this long after it ends; the refresher
+    # runs this often.
+    rollup_grace: timedelta = timedelta(minutes=2)
+    rollup_refresh_every: timedelta = timedelta(seconds=30)
+
     # Partitions are created this many days ahead by start-up and by the maintenance task.
     partition_days_ahead: PositiveInt = 3
 

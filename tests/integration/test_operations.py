@@ -146,6 +146,7 @@ async def test_compacting_migration_keeps_every_row(postgres_url: str) -> None:
         vehicle = await conn.fetchrow(
             "SELECT soc, kwh_delivered_dc, battery_temp FROM vehicle_readings"
         )
+        assert vehicle is not None
         assert tuple(vehicle) == (55.5, 87.125, 31.5)
         partitions = await conn.fetchval(
             "SELECT count(*) FROM pg_inherits WHERE inhparent = 'meter_readings'::regclass"

@@ -1,8 +1,11 @@
-"""Window energy straight from history, one device and one time range at a time.
+"""Window energy of one device and one time range, from hourly rollups and raw edges.
 
-Every history read is an index range scan on (device, read_at) within the window, plus one
-backwards probe for the baseline reading bounded by the lookback, so the cost depends on the
-window and never on how much history is stored. Increments follow `energy_engine.energy`.
+The SQL functions `vehicle_window_energy` and `meter_window_energy` (migrations/0003) piece a
+window together from the baseline reading, raw rows at the edges and in hours not rolled up
+(yet), and the rollups of whole hours in between. Every read is an index range scan of one
+device's rows or rollups, so the cost depends on the window and never on how much history is
+stored. Increments follow `energy_engine.energy`; tests/reference_sql.py holds the raw-history
+queries the answers are checked against.
 """
 
 from __future__ import annotations
@@ -15,39 +18,11 @@ from energy_engine.settings import EnergySemantics, Settings
 
 # $1 vehicle, $2 from, $3 to, $4 baseline lookback, $5 max power kW, $6 interval semantics
 VEHICLE_WINDOW = """
-WITH readings AS (
-    (SELECT read_at, kwh_delivered_dc AS kwh, NULL::float8 AS battery_temp
-     FROM vehicle_readings
-     WHERE vehicle_id = $1 AND read_at < $2 AND read_at >= $2 - $4::interval
-     ORDER BY read_at DESC
-     LIMIT 1)
-    UNION ALL
-    (SELECT read_at, kwh_delivered_dc, battery_temp
-     FROM vehicle_readings
-     WHERE vehicle_id = $1 AND read_at >= $2 AND read_at < $3)
-),
-steps AS (
-    SELECT read_at,
-           battery_temp,
-           CASE WHEN $6 THEN kwh
-                WHEN kwh >= lag(kwh) OVER w THEN kwh - lag(kwh) OVER w
-                WHEN lag(kwh) OVER w IS NOT NULL THEN kwh  -- a counter reset
-           END AS added,
-           EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
-    FROM readings
-    WINDOW w AS (ORDER BY read_at)
-)
-SELECT count(*) AS readings,
-       coalesce(sum(added) FILTER (WHERE seconds IS NULL OR added * 3600 <= $5 * seconds), 0)
-           AS kwh,
-       count(*) FILTER (WHERE added * 3600 > $5 * seconds) AS skipped,
-       avg(battery_temp) AS avg_battery_temp
-FROM steps
-WHERE read_at >= $2
+SELECT readings, kwh, skipped, battery_temp_sum / nullif(readings, 0) AS avg_battery_temp
+FROM vehicle_window_energy($1, $2, $3, $4, $5, $6)
 """
 
 # The meters assigned to the vehicle during the window, each for its part of the window.
-# $1 vehicle, $2 from, $3 to, $4 baseline lookback, $5 max power kW, $6 interval semantics
 METER_WINDOWS = """
 WITH segments AS (
     SELECT meter_id,
@@ -58,38 +33,7 @@ WITH segments AS (
 )
 SELECT s.meter_id, s.seg_from, s.seg_to, e.readings, e.kwh, e.skipped
 FROM segments AS s
-CROSS JOIN LATERAL (
-    WITH readings AS (
-        (SELECT read_at, kwh_consumed_ac AS kwh
-         FROM meter_readings
-         WHERE meter_id = s.meter_id
-           AND read_at < s.seg_from AND read_at >= s.seg_from - $4::interval
-           AND read_at >= $2 - $4::interval  -- implied; lets PostgreSQL prune partitions
-         ORDER BY read_at DESC
-         LIMIT 1)
-        UNION ALL
-        (SELECT read_at, kwh_consumed_ac
-         FROM meter_readings
-         WHERE meter_id = s.meter_id AND read_at >= s.seg_from AND read_at < s.seg_to
-           AND read_at >= $2 AND read_at < $3)  -- implied; lets PostgreSQL prune partitions
-    ),
-    steps AS (
-        SELECT read_at,
-               CASE WHEN $6 THEN kwh
-                    WHEN kwh >= lag(kwh) OVER w THEN kwh - lag(kwh) OVER w
-                    WHEN lag(kwh) OVER w IS NOT NULL THEN kwh  -- a counter reset
-               END AS added,
-               EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
-        FROM readings
-        WINDOW w AS (ORDER BY read_at)
-    )
-    SELECT count(*) AS readings,
-           coalesce(sum(added) FILTER (WHERE seconds IS NULL OR added * 3600 <= $5 * seconds), 0)
-               AS kwh,
-           count(*) FILTER (WHERE added * 3600 > $5 * seconds) AS skipped
-    FROM steps
-    WHERE read_at >= s.seg_from
-) AS e
+CROSS JOIN LATERAL meter_window_energy(s.meter_id, s.seg_from, s.seg_to, $4, $5, $6, $2, $3) AS e
 WHERE s.seg_from < s.seg_to
 ORDER BY s.seg_from
 """

@@ -5,6 +5,8 @@ pairs already stored (first write wins), then folds the two newest *new* reading
 device into its hot row. The hot row keeps the newest reading and the one before it; a late
 reading can become the "previous" one but never the latest, so the hot store never goes back
 in time. Rows are inserted in (device, time) order so concurrent batches cannot deadlock.
+A reading older than the rollups' `sealed` watermark marks its device-hour dirty, so the
+hourly rollups never miss it (migrations/0003_rollups.sql).
 
 The meter and vehicle statements differ only in table and column names. They stay two plain
 SQL texts rather than one template filled in at import: each can be read, EXPLAINed and
@@ -33,6 +35,18 @@ inserted AS (
     ORDER BY meter_id, read_at, position
     ON CONFLICT DO NOTHING
     RETURNING meter_id, read_at, kwh_consumed_ac, voltage
+),
+sealed AS (  -- share-locked until commit: the refresher seals after this commits
+    SELECT at FROM rollup_watermarks WHERE name = 'sealed' FOR SHARE
+),
+dirtied AS (  -- late readings: their hours' rollups must be redone
+    INSERT INTO rollup_dirty (stream, device_id, hour, generation)
+    SELECT 'meter', meter_id, hour, nextval('rollup_generation')
+    FROM (SELECT DISTINCT meter_id, date_trunc('hour', read_at) AS hour
+          FROM inserted
+          WHERE read_at < (SELECT at FROM sealed)) AS late
+    ORDER BY meter_id, hour
+    ON CONFLICT (stream, device_id, hour) DO UPDATE SET generation = excluded.generation
 ),
 ranked AS (
     SELECT *, row_number() OVER (PARTITION BY meter_id ORDER BY read_at DESC) AS rank
@@ -95,6 +109,18 @@ inserted AS (
     ORDER BY vehicle_id, read_at, position
     ON CONFLICT DO NOTHING
     RETURNING vehicle_id, read_at, soc, kwh_delivered_dc, battery_temp
+),
+sealed AS (  -- share-locked until commit: the refresher seals after this commits
+    SELECT at FROM rollup_watermarks WHERE name = 'sealed' FOR SHARE
+),
+dirtied AS (  -- late readings: their hours' rollups must be redone
+    INSERT INTO rollup_dirty (stream, device_id, hour, generation)
+    SELECT 'vehicle', vehicle_id, hour, nextval('rollup_generation')
+    FROM (SELECT DISTINCT vehicle_id, date_trunc('hour', read_at) AS hour
+          FROM inserted
+          WHERE read_at < (SELECT at FROM sealed)) AS late
+    ORDER BY vehicle_id, hour
+    ON CONFLICT (stream, device_id, hour) DO UPDATE SET generation = excluded.generation
 ),
 ranked AS (
     SELECT *, row_number() OVER (PARTITION BY vehicle_id ORDER BY read_at DESC) AS rank

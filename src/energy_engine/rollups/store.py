@@ -1,0 +1,237 @@
+"""Keeps the hourly rollups complete: seals finished hours, aggregates them, re-aggregates the
+device-hours that late readings made dirty. See migrations/0003_rollups.sql for the model.
+
+Every aggregation recomputes whole device-hours from raw rows (never adds to a stored rollup),
+so running any step twice, or after a crash, gives the same rollups.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from energy_engine.db import Connection, Pool
+from energy_engine.settings import EnergySemantics, Settings
+
+REFRESH_LOCK_KEY = 0x656E_726F_6C6C  # one refresher at a time across processes
+
+# The increments between consecutive readings of the same device-hour, by the rules of
+# energy_engine.energy; the first reading of an hour has no predecessor here (NULL seconds).
+# $1 interval semantics, $2 max power kW; {rows} is the FROM clause choosing the readings.
+_METER_AGGREGATE = """
+WITH steps AS (
+    SELECT meter_id, date_trunc('hour', read_at) AS hour, read_at, kwh_consumed_ac AS kwh,
+           voltage,
+           CASE WHEN $1 THEN kwh_consumed_ac
+                WHEN kwh_consumed_ac >= lag(kwh_consumed_ac) OVER w
+                    THEN kwh_consumed_ac - lag(kwh_consumed_ac) OVER w
+                WHEN lag(kwh_consumed_ac) OVER w IS NOT NULL THEN kwh_consumed_ac
+           END AS added,
+           EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
+    FROM {rows}
+    WINDOW w AS (PARTITION BY meter_id, date_trunc('hour', read_at) ORDER BY read_at)
+)
+INSERT INTO meter_rollups AS u (
+    meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+    voltage_sum, voltage_min, voltage_max
+)
+SELECT meter_id, hour, count(*), min(read_at), max(read_at),
+       (array_agg(kwh ORDER BY read_at))[1], (array_agg(kwh ORDER BY read_at DESC))[1],
+       coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL AND added * 3600 <= $2 * seconds), 0),
+       count(*) FILTER (WHERE added * 3600 > $2 * seconds),
+       sum(voltage), min(voltage), max(voltage)
+FROM steps
+GROUP BY meter_id, hour
+ORDER BY meter_id, hour
+ON CONFLICT (meter_id, hour) DO UPDATE SET
+    readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
+    first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
+    added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    voltage_sum = excluded.voltage_sum, voltage_min = excluded.voltage_min,
+    voltage_max = excluded.voltage_max
+"""
+
+_VEHICLE_AGGREGATE = """
+WITH steps AS (
+    SELECT vehicle_id, date_trunc('hour', read_at) AS hour, read_at, kwh_delivered_dc AS kwh,
+           soc, battery_temp,
+           CASE WHEN $1 THEN kwh_delivered_dc
+                WHEN kwh_delivered_dc >= lag(kwh_delivered_dc) OVER w
+                    THEN kwh_delivered_dc - lag(kwh_delivered_dc) OVER w
+                WHEN lag(kwh_delivered_dc) OVER w IS NOT NULL THEN kwh_delivered_dc
+           END AS added,
+           EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
+    FROM {rows}
+    WINDOW w AS (PARTITION BY vehicle_id, date_trunc('hour', read_at) ORDER BY read_at)
+)
+INSERT INTO vehicle_rollups AS u (
+    vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max
+)
+SELECT vehicle_id, hour, count(*), min(read_at), max(read_at),
+       (array_agg(kwh ORDER BY read_at))[1], (array_agg(kwh ORDER BY read_at DESC))[1],
+       coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL AND added * 3600 <= $2 * seconds), 0),
+       count(*) FILTER (WHERE added * 3600 > $2 * seconds),
+       sum(battery_temp), min(battery_temp), max(battery_temp), min(soc), max(soc)
+FROM steps
+GROUP BY vehicle_id, hour
+ORDER BY vehicle_id, hour
+ON CONFLICT (vehicle_id, hour) DO UPDATE SET
+    readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
+    first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
+    added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    battery_temp_sum = excluded.battery_temp_sum, battery_temp_min = excluded.battery_temp_min,
+    battery_temp_max = excluded.battery_temp_max, soc_min = excluded.soc_min,
+    soc_max = excluded.soc_max
+"""
+
+# Every reading of a time range ($3, $4): the hours being rolled.
+ROLL_METER_HOURS = _METER_AGGREGATE.format(
+    rows="meter_readings WHERE read_at >= $3 AND read_at < $4"
+)
+ROLL_VEHICLE_HOURS = _VEHICLE_AGGREGATE.format(
+    rows="vehicle_readings WHERE read_at >= $3 AND read_at < $4"
+)
+
+# Every reading of the dirty device-hours ($3 device ids, $4 hours).
+_DIRTY_ROWS = """(
+        SELECT r.*
+        FROM unnest($3::text[], $4::timestamptz[]) AS d (device_id, hour)
+        JOIN {table} AS r
+          ON r.{device} = d.device_id AND r.read_at >= d.hour
+         AND r.read_at < d.hour + interval '1 hour'
+    ) AS r"""
+REDO_METER_HOURS = _METER_AGGREGATE.format(
+    rows=_DIRTY_ROWS.format(table="meter_readings", device="meter_id")
+)
+REDO_VEHICLE_HOURS = _VEHICLE_AGGREGATE.format(
+    rows=_DIRTY_ROWS.format(table="vehicle_readings", device="vehicle_id")
+)
+
+TAKE_DIRTY = """
+SELECT stream, device_id, hour, generation
+FROM rollup_dirty
+WHERE hour < (SELECT at FROM rollup_watermarks WHERE name = 'rolled')
+ORDER BY stream, device_id, hour
+LIMIT $1
+"""
+
+FORGET_DIRTY = """
+DELETE FROM rollup_dirty AS d
+USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[])
+    AS seen (stream, device_id, hour, generation)
+WHERE d.stream = seen.stream AND d.device_id = seen.device_id AND d.hour = seen.hour
+  AND d.generation = seen.generation  -- a newer mark stays for the next round
+"""
+
+SEAL = "UPDATE rollup_watermarks SET at = $1 WHERE name = 'sealed' AND at < $1"
+
+# NULL for -infinity (nothing sealed or rolled yet).
+WATERMARKS = "SELECT name, CASE WHEN isfinite(at) THEN at END AS at FROM rollup_watermarks"
+
+SET_ROLLED = "UPDATE rollup_watermarks SET at = $1 WHERE name = 'rolled'"
+
+# Where rolling starts on a database that has never been rolled: its oldest partition's day.
+OLDEST_DAY = """
+SELECT min(to_date(right(c.relname, 8), 'YYYYMMDD'))::timestamp AT TIME ZONE 'UTC'
+FROM pg_inherits AS i
+JOIN pg_class AS c ON c.oid = i.inhrelid
+WHERE i.inhparent IN ('meter_readings'::regclass, 'vehicle_readings'::regclass)
+"""
+
+RULES = "SELECT interval_kwh, max_power_kw FROM rollup_rules"
+
+RESET = """
+WITH cleared_meters AS (DELETE FROM meter_rollups),
+     cleared_vehicles AS (DELETE FROM vehicle_rollups),
+     cleared_dirty AS (DELETE FROM rollup_dirty),
+     rules AS (
+         INSERT INTO rollup_rules (interval_kwh, max_power_kw) VALUES ($1, $2)
+         ON CONFLICT (only_row) DO UPDATE
+             SET interval_kwh = excluded.interval_kwh, max_power_kw = excluded.max_power_kw
+     )
+UPDATE rollup_watermarks SET at = '-infinity'
+"""
+
+
+def _rules(settings: Settings) -> tuple[bool, float]:
+    return settings.energy_semantics is EnergySemantics.INTERVAL, settings.max_power_kw
+
+
+async def match_rules(conn: Connection, settings: Settings) -> bool:
+    """Drop the rollups when they were computed with other energy rules; True if dropped.
+    Analytics read raw rows until the refresher has rolled the history up again."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK_KEY)
+        row = await conn.fetchrow(RULES)
+        wanted = _rules(settings)
+        if row is not None and (row["interval_kwh"], row["max_power_kw"]) == wanted:
+            return False
+        await conn.execute(RESET, *wanted)
+        return row is not None
+
+
+async def seal(conn: Connection, until: datetime) -> None:
+    """Move `sealed` to `until`; waits for writers that saw the old value to commit."""
+    await conn.execute(SEAL, until)
+
+
+async def roll(conn: Connection, settings: Settings, *, max_hours: int = 24) -> datetime | None:
+    """Aggregate up to `max_hours` sealed hours; returns the new `rolled`, None if idle or
+    another process holds the refresh lock."""
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_KEY):
+            return None
+        marks = {r["name"]: r["at"] for r in await conn.fetch(WATERMARKS)}
+        rolled, sealed = marks["rolled"], marks["sealed"]
+        if rolled is None:  # never rolled: start at the oldest partition
+            rolled = await conn.fetchval(OLDEST_DAY)
+            if rolled is None:
+                return None
+        if sealed is None or sealed <= rolled:
+            return None
+        until: datetime = min(sealed, rolled + timedelta(hours=max_hours))
+        await conn.execute(ROLL_METER_HOURS, *_rules(settings), rolled, until)
+        await conn.execute(ROLL_VEHICLE_HOURS, *_rules(settings), rolled, until)
+        await conn.execute(SET_ROLLED, until)
+        return until
+
+
+async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_000) -> int:
+    """Re-aggregate up to `limit` dirty device-hours below `rolled`; returns how many."""
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_KEY):
+            return 0
+        dirty = await conn.fetch(TAKE_DIRTY, limit)
+        if not dirty:
+            return 0
+        for stream, query in (("meter", REDO_METER_HOURS), ("vehicle", REDO_VEHICLE_HOURS)):
+            keys = [(d["device_id"], d["hour"]) for d in dirty if d["stream"] == stream]
+            if keys:
+                devices, hours = zip(*keys, strict=True)
+                await conn.execute(query, *_rules(settings), list(devices), list(hours))
+        await conn.execute(
+            FORGET_DIRTY,
+            [d["stream"] for d in dirty],
+            [d["device_id"] for d in dirty],
+            [d["hour"] for d in dirty],
+            [d["generation"] for d in dirty],
+        )
+        return len(dirty)
+
+
+def sealable(now: datetime, grace: timedelta) -> datetime:
+    """Every hour before the returned instant ended at least `grace` before `now`."""
+    return (now - grace).replace(minute=0, second=0, microsecond=0)
+
+
+async def refresh(pool: Pool, settings: Settings, now: datetime, *, rounds: int = 100) -> None:
+    """Seal finished hours, roll them up and redo dirty hours, in at most `rounds`
+    transactions each (the next call goes on where this one stopped)."""
+    async with pool.acquire() as conn:
+        await seal(conn, sealable(now, settings.rollup_grace))
+        for _ in range(rounds):
+            if await roll(conn, settings) is None:
+                break
+        for _ in range(rounds):
+            if not await redo_dirty(conn, settings):
+                break
