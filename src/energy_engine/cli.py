@@ -92,7 +92,7 @@ def import_(
     ],
     chunk_rows: Annotated[
         int, typer.Option(min=1, help="Readings validated, copied and committed together.")
-    ] = 100_000,
+    ] = 250_000,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Import readings from files; importing a file again stores nothing twice.

@@ -1,0 +1,1 @@
+"""`energy-engine import`: bulk import of reading files through COPY and the ingest merge."""
