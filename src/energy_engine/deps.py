@@ -11,13 +11,15 @@ from energy_engine.errors import not_found
 from energy_engine.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a hop that cost
+# more than the dependency itself on the analytics path (py-spy: run_in_threadpool).
+async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_pool(request: Request) -> Pool:
+async def get_pool(request: Request) -> Pool:
     """The pool opened by the app's lifespan."""
     pool: Pool = request.app.state.pool
     return pool

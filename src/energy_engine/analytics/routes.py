@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from energy_engine.analytics import store
 from energy_engine.analytics.models import PerformanceReport, StreamCounts, judge
-from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep
-from energy_engine.errors import ApiError, ErrorBody, ErrorItem
+from energy_engine.deps import PoolDep, SettingsDep
+from energy_engine.errors import ApiError, ErrorBody, ErrorItem, not_found
 from energy_engine.settings import Settings
 
 router = APIRouter(tags=["analytics"])
@@ -53,24 +54,29 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-@router.get("/v1/analytics/performance/{vehicle_id}", responses={404: {"model": ErrorBody}})
+@router.get(
+    "/v1/analytics/performance/{vehicle_id}",
+    response_model=PerformanceReport,
+    responses={404: {"model": ErrorBody}},
+)
 async def vehicle_performance(
-    vehicle_id: KnownVehicle,
+    vehicle_id: str,
     pool: PoolDep,
     settings: SettingsDep,
     start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
     end: Annotated[datetime | None, Query(alias="to", description=_WHEN)] = None,
-) -> PerformanceReport:
+) -> Response:
     """AC consumed vs DC delivered, efficiency, battery temperature and health over a window."""
     start, end = resolve_window(start, end, settings)
     async with pool.acquire() as conn:
-        dc = await store.vehicle_window(conn, vehicle_id, start, end, settings)
-        meters = await store.meter_windows(conn, vehicle_id, start, end, settings)
-    meter_readings = sum(m.readings for m in meters)
+        found = await store.performance(conn, vehicle_id, start, end, settings)
+    if found is None:
+        raise not_found("vehicle", vehicle_id)
+    dc = found.dc
     # AC is known only where an assigned meter reported in the window.
-    ac = sum(m.kwh for m in meters) if meter_readings else None
+    ac = found.meter_kwh if found.meter_readings else None
     efficiency = dc.kwh / ac if ac else None
-    return PerformanceReport(
+    report = PerformanceReport(
         vehicle_id=vehicle_id,
         from_=start,
         to=end,
@@ -79,8 +85,10 @@ async def vehicle_performance(
         loss_kwh=None if ac is None else round(ac - dc.kwh, 6),
         efficiency=_round(efficiency, 4),
         avg_battery_temp=_round(dc.avg_battery_temp, 2),
-        readings=StreamCounts(vehicle=dc.readings, meter=meter_readings),
-        meter_ids=list(dict.fromkeys(m.meter_id for m in meters)),
+        readings=StreamCounts(vehicle=dc.readings, meter=found.meter_readings),
+        meter_ids=list(dict.fromkeys(found.meter_ids)),
         health=judge(ac, efficiency, settings),
-        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=sum(m.skipped for m in meters)),
+        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=found.meter_skipped),
     )
+    # Serialised here, once: returning the model would make FastAPI validate it again.
+    return Response(report.model_dump_json(by_alias=True), media_type="application/json")

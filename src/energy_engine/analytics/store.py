@@ -89,3 +89,62 @@ async def meter_windows(
         )
         for r in rows
     ]
+
+
+# Everything the performance report needs, in one round trip: whether the vehicle is known at
+# all (for the 404), its DC side, and each assigned meter's AC side in window order.
+PERFORMANCE = """
+WITH segments AS (
+    SELECT meter_id,
+           greatest(valid_from, $2) AS seg_from,
+           least(coalesce(valid_to, 'infinity'), $3) AS seg_to
+    FROM assignments
+    WHERE vehicle_id = $1 AND valid_from < $3 AND (valid_to IS NULL OR valid_to > $2)
+),
+meters AS (
+    SELECT s.meter_id, s.seg_from, e.readings, e.kwh, e.skipped
+    FROM segments AS s
+    CROSS JOIN LATERAL meter_window_energy(s.meter_id, s.seg_from, s.seg_to, $4, $5, $6, $2, $3)
+        AS e
+    WHERE s.seg_from < s.seg_to
+)
+SELECT EXISTS (SELECT FROM vehicle_state WHERE vehicle_id = $1)
+           OR EXISTS (SELECT FROM assignments WHERE vehicle_id = $1) AS known,
+       dc.readings, dc.kwh, dc.skipped,
+       dc.battery_temp_sum / nullif(dc.readings, 0) AS avg_battery_temp,
+       m.meter_ids, m.meter_readings, m.meter_kwh, m.meter_skipped
+FROM vehicle_window_energy($1, $2, $3, $4, $5, $6) AS dc,
+     (SELECT coalesce(array_agg(meter_id ORDER BY seg_from), '{}') AS meter_ids,
+             coalesce(sum(readings), 0) AS meter_readings,
+             coalesce(sum(kwh), 0) AS meter_kwh,
+             coalesce(sum(skipped), 0) AS meter_skipped
+      FROM meters) AS m
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Performance:
+    """Both sides of a vehicle's window, AC summed over the meters it was assigned to."""
+
+    dc: VehicleWindow
+    meter_ids: list[str]  # in window order, a meter repeated if assigned twice
+    meter_readings: int
+    meter_kwh: float
+    meter_skipped: int
+
+
+async def performance(
+    conn: Connection, vehicle_id: str, start: datetime, end: datetime, settings: Settings
+) -> Performance | None:
+    """The vehicle's window, or None when the vehicle never reported nor was assigned."""
+    row = await conn.fetchrow(PERFORMANCE, vehicle_id, start, end, *_args(settings))
+    assert row is not None
+    if not row["known"]:
+        return None
+    return Performance(
+        dc=VehicleWindow(row["readings"], row["kwh"], row["skipped"], row["avg_battery_temp"]),
+        meter_ids=list(row["meter_ids"]),
+        meter_readings=row["meter_readings"],
+        meter_kwh=row["meter_kwh"],
+        meter_skipped=row["meter_skipped"],
+    )
