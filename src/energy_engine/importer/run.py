@@ -21,11 +21,11 @@ import asyncpg
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     ProgressColumn,
     Task,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -37,6 +37,7 @@ from energy_engine.importer.files import (
     ReadProgress,
     UnreadableFile,
     UnsupportedFile,
+    UnsupportedHistory,
     file_format,
     read_chunks,
 )
@@ -142,17 +143,17 @@ class _RowsColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         rows: int = task.fields.get("rows", 0)
         rate = rows / task.elapsed if task.elapsed else 0.0
-        return Text(f"{rows:>12,} rows  {rate:>9,.0f} rows/s")
+        return Text(f"{rows:,} rows, {rate:,.0f} rows/s")
 
 
 class _ProgressBar:
-    """A rich progress bar a file, fed from the reader thread (bytes and rows read)."""
+    """One rich progress bar per file, fed from the reader thread (bytes and rows read)."""
 
     def __init__(self, console: Console) -> None:
         self.bar = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
+            BarColumn(bar_width=24),
+            TaskProgressColumn(),  # of the file's bytes (compressed ones for .gz)
             _RowsColumn(),
             TimeElapsedColumn(),
             console=console,
@@ -222,7 +223,7 @@ def run(paths: Sequence[Path], settings: Settings, *, chunk_rows: int, quiet: bo
         for line in _summary(exc.reports):
             print(f"committed before: {line}", file=sys.stderr)
         return 2
-    except UnreadableFile as exc:
+    except (UnreadableFile, UnsupportedHistory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for line in _summary(reports):
