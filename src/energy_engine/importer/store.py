@@ -11,17 +11,21 @@ of the file wins, as the first write does), and take one of two paths:
   are folded into its hot row. This skips what the general path costs per row (a staging
   table, ON CONFLICT's second index probe and speculative insertion, RETURNING and ranking
   every row): measured on the development machine, 1.3-1.9 s against 2.9-3.3 s for 500,000
-  rows. Should another writer store one of the rows meanwhile, the COPY fails on the key, is
-  rolled back to its savepoint, and the chunk takes the general path.
-* The general path, the ingest statement (`ingest/store.py`) with a staging table in place of
-  the request's arrays: history insert in (device, time) order with ON CONFLICT DO NOTHING,
-  then the two newest *new* readings of each device folded into its hot row.
+  rows. The primary key stays the arbiter: should another writer have stored one of the
+  rows meanwhile, the COPY fails on it, is rolled back to its savepoint, and the chunk takes
+  the general path.
+* The general path: the ingest statement (`ingest/store.py`) with a staging table in place
+  of the request's arrays, history insert in (device, time) order with ON CONFLICT DO
+  NOTHING, keeping the rows it took in `import_*_new`; then the two newest of those for each
+  device folded into its hot row.
 
 Both fold hot rows with the ingest statement's upsert, clause for clause, so the hot row never
 goes back in time. The ingest statement ranks the new rows with row_number() and a self-join;
-`newest` below picks the same two rows in one ordered pass (lag and lead), about a quarter
-cheaper. tests/integration/test_import.py checks that an import stores exactly what the API
-stores for the same readings, split into chunks differently.
+`UPSERT_*_STATE` picks the same two rows in one ordered pass (lag and lead), about a quarter
+cheaper. Where the schema keeps hourly rollups, both paths mark the hours of new readings
+older than the `sealed` watermark dirty, as the ingest statement does. tests/integration/
+test_import.py checks that an import stores exactly what the API stores for the same
+readings, split into chunks differently, rollup marks included.
 """
 
 from __future__ import annotations
