@@ -146,3 +146,23 @@ async def test_only_post_is_allowed(client: httpx.AsyncClient) -> None:
 async def test_other_paths_still_reach_the_api(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     assert (await client.post("/v1/ingest/unknown", json={})).status_code == 404
+
+
+async def test_sensor_value_too_small_to_store_is_422_not_500(client: httpx.AsyncClient) -> None:
+    reading = {**vehicle("V-1", minute_ago(1), 1.0), "batteryTemp": 1e-46}
+    response = await client.post("/v1/ingest", json=[meter("M-1", minute_ago(1), 1.0), reading])
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"index": 1, "field": "batteryTemp", "reason": "too small to store (below 1e-45); send 0"}
+    ]
+    assert (
+        await client.post("/v1/ingest", json={**reading, "batteryTemp": 0.0})
+    ).status_code == 200
+
+
+async def test_status_shows_sensor_values_as_sent(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/ingest", json=[meter("M-7", minute_ago(1), 1.0, voltage=230.9)])
+    await client.post("/v1/ingest", json=vehicle("V-7", minute_ago(1), 1.0, soc=61.3, temp=31.7))
+    assert (await client.get("/v1/meters/M-7/status")).json()["voltage"] == 230.9
+    status = (await client.get("/v1/vehicles/V-7/status")).json()
+    assert (status["soc"], status["batteryTemp"]) == (61.3, 31.7)

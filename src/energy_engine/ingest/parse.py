@@ -17,6 +17,17 @@ R = TypeVar("R", MeterReading, VehicleReading, MeterReading | VehicleReading)
 
 _STREAM_TAGS = ("meter", "vehicle")
 
+# History stores voltage, SoC and battery temperature as `real`, which refuses (instead of
+# rounding to zero) a non-zero value this small; `energy-engine import` refuses it too.
+_REAL_UNDERFLOW = 2.0**-150
+_UNDERFLOW = "too small to store (below 1e-45); send 0"
+
+
+def _sensor_values(reading: MeterReading | VehicleReading) -> list[tuple[str, float]]:
+    if isinstance(reading, MeterReading):
+        return [("voltage", reading.voltage)]
+    return [("soc", reading.soc), ("batteryTemp", reading.battery_temp)]
+
 
 @dataclass(frozen=True, slots=True)
 class ReadingParser(Generic[R]):
@@ -90,6 +101,13 @@ class ReadingParser(Generic[R]):
                 continue
             problems.append(
                 ErrorItem(index=index if is_batch else None, field="timestamp", reason=reason)
+            )
+        for position, reading in enumerate(readings):
+            index = indexes[position] if indexes is not None else position
+            problems.extend(
+                ErrorItem(index=index if is_batch else None, field=field, reason=_UNDERFLOW)
+                for field, value in _sensor_values(reading)
+                if 0 < abs(value) <= _REAL_UNDERFLOW
             )
         return problems
 

@@ -3,7 +3,8 @@
 -- * Voltage, state of charge and battery temperature become `real` (4 bytes, about 7
 --   significant digits), far more than the sensors resolve (0.1 V, 0.1 %, 0.1 °C). The
 --   energy registers stay double precision: a register near 100,000 kWh needs its 0.001 kWh.
---   The hot store keeps double precision, so /status shows values exactly as sent.
+--   The hot row takes the stored value; /status shows it to 7 significant digits, which gives
+--   back what the device sent.
 -- * Columns are ordered 8-byte, then 4-byte, then the variable-length id, so no alignment
 --   padding sits between them.
 -- * The primary-key indexes get fillfactor 100. Each device's readings arrive in time order,

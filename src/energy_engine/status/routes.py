@@ -16,6 +16,13 @@ from energy_engine.status.models import MeterStatus, VehicleStatus
 router = APIRouter(tags=["status"], responses={404: {"model": ErrorBody}})
 
 
+def _sensor(value: float) -> float:
+    """A sensor value as sent: history stores these as `real` (migration 0002) and hands the
+    hot row the stored value, so 230.9 arrives here as 230.89999389648438. Seven significant
+    digits is what a `real` holds and far more than the sensors resolve."""
+    return float(f"{value:.7g}")
+
+
 def _online(read_at: datetime, settings: Settings) -> bool:
     return datetime.now(UTC) - read_at <= settings.online_within
 
@@ -45,9 +52,9 @@ async def vehicle_status(vehicle_id: str, pool: PoolDep, settings: SettingsDep) 
     )
     return VehicleStatus(
         vehicle_id=row["vehicle_id"],
-        soc=row["soc"],
+        soc=_sensor(row["soc"]),
         kwh_delivered_dc=row["kwh_delivered_dc"],
-        battery_temp=row["battery_temp"],
+        battery_temp=_sensor(row["battery_temp"]),
         timestamp=row["read_at"],
         received_at=row["received_at"],
         power_kw=power,
@@ -68,7 +75,7 @@ async def meter_status(meter_id: str, pool: PoolDep, settings: SettingsDep) -> M
     return MeterStatus(
         meter_id=row["meter_id"],
         kwh_consumed_ac=row["kwh_consumed_ac"],
-        voltage=row["voltage"],
+        voltage=_sensor(row["voltage"]),
         timestamp=row["read_at"],
         received_at=row["received_at"],
         power_kw=_power(
