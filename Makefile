@@ -29,6 +29,10 @@ typecheck: install
 	$(BIN)/mypy
 	$(BIN)/mypy tests
 
+## Run every benchmark scenario on this machine and rewrite benchmarks/RESULTS.md (~15 min).
+bench: install
+	$(BIN)/energy-engine bench $(ARGS)
+
 unit: install
 	$(BIN)/pytest tests/unit $(ARGS)
 

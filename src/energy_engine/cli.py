@@ -206,6 +206,8 @@ def bench(
     from energy_engine.bench import harness, report, scenarios
 
     console = Console(stderr=True)
+    # Stopped with SIGTERM, still stop the engine and the embedded PostgreSQL it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="energy-bench-") as work:
         make = scenarios.Options.quick if quick else scenarios.Options
         options = make(scripts=scripts.resolve(), work=Path(work), database_url=database_url)

@@ -4,8 +4,7 @@ wrk is a closed model (a connection waits for its answer before the next request
 hides queueing: a slow server simply gets fewer requests. Here request i is due at
 start + i / rate, and its latency counts from that due time (no coordinated omission), so a
 server that falls behind shows it in the percentiles. Hand-written because the one maintained
-open-model tool (wrk2) is not packaged for Debian; at a few hundred requests a second httpx
-keeps up comfortably.
+open-model tool (wrk2) is not packaged for Debian.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 
@@ -79,24 +78,32 @@ async def open_load(
     total = int(requests_per_second * seconds)
     latencies: list[float] = []
     failures = 0
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as http:
+    idle: list[_Connection] = []
+    opened: list[_Connection] = []
+    target = urlsplit(base_url)
+    host, port = target.hostname or "127.0.0.1", target.port or 80
 
-        async def one(due: float, body: bytes) -> None:
-            nonlocal failures
-            try:
-                response = await http.post("/v1/ingest", content=body, headers=headers)
-            except httpx.HTTPError:
-                failures += 1
-                return
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - due)
+    async def one(due: float, body: bytes) -> None:
+        nonlocal failures
+        try:
+            if idle:
+                connection = idle.pop()
             else:
-                failures += 1
+                connection = await _Connection.open(host, port)
+                opened.append(connection)
+            status = await connection.post("/v1/ingest", body)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            failures += 1
+            return
+        idle.append(connection)
+        if status == 200:
+            latencies.append(time.perf_counter() - due)
+        else:
+            failures += 1
 
-        tasks = []
-        began = time.perf_counter()
+    tasks = []
+    began = time.perf_counter()
+    try:
         for index in range(total):
             due = began + index / requests_per_second
             delay = due - time.perf_counter()
@@ -106,6 +113,9 @@ async def open_load(
             body = _gateway_batch(prefix, gateway, round_, readings_per_request, start_at)
             tasks.append(asyncio.create_task(one(due, body)))
         await asyncio.gather(*tasks)
+    finally:
+        for connection in opened:
+            connection.close()
     latencies.sort()
     return OpenLoadResult(
         due=total,
@@ -116,6 +126,48 @@ async def open_load(
         p99_ms=_percentile(latencies, 0.99) * 1000,
         readings_per_request=readings_per_request,
     )
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection doing one request at a time.
+
+    Hand-written instead of httpx: httpx queues requests waiting for a pooled connection in a
+    list it rescans for every request, so once the server lagged the generator itself became
+    the bottleneck (py-spy: `_assign_requests_to_connections`), and a client per connection
+    costs an SSL context each. This needs only POST with a body and a status back.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _Connection:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def post(self, path: str, body: bytes) -> int:
+        """Send one JSON POST; returns the status code once the whole answer is read."""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = next(
+            (
+                int(line.split(":", 1)[1])
+                for line in lines
+                if line.lower().startswith("content-length:")
+            ),
+            0,
+        )
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _percentile(ordered: list[float], share: float) -> float:

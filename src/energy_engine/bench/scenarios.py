@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -344,7 +345,7 @@ def _open_model(base: str, url: str, options: Options, say: Say) -> Row:
     rate = options.open_rate
     held: float | None = None
     first = None
-    while rate >= options.open_rate / 8:
+    while rate >= options.open_rate * 0.5:
         say(f"scenario 4: open model, {rate * 100:,.0f} readings/s for {options.open_seconds} s")
         prefix = "o" + uuid.uuid4().hex[:6]
         result = asyncio.run(
@@ -370,7 +371,7 @@ def _open_model(base: str, url: str, options: Options, say: Say) -> Row:
         if ok:
             held = rate * 100
             break
-        rate /= 2  # not held: report the highest rate that is
+        rate *= 0.75  # not held: look for the highest rate that is, in steps of a quarter
     assert first is not None
     measured = (
         f"p99 {first.p99_ms:.1f} ms at {target:,.0f}/s, {first.failed} failed"
@@ -416,8 +417,12 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise RuntimeError(f"import failed:\n{done.stdout}\n{done.stderr}")
-    rate = lines / seconds
-    say(f"  {rate:,.0f} readings/s ({seconds:.1f} s, process start included)")
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    # The command's own figure (reading, validating, COPY and merge; not the interpreter's
+    # start-up and the migrations check), else the wall time of the whole command.
+    own = re.search(r"([\d,]+) rows/s", summary)
+    rate = float(own[1].replace(",", "")) if own else lines / seconds
+    say(f"  {rate:,.0f} readings/s; whole command {lines / seconds:,.0f}/s ({seconds:.1f} s)")
     asyncio.run(_post_assignments(base, sim))
     return Row(
         6,
@@ -426,9 +431,9 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
         f"{rate:,.0f} readings/s",
         rate >= 100_000,
         [
-            f"{lines:,} readings in {seconds:.1f} s, wall time of the whole command "
-            "(start-up and migrations check included)",
-            done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "",
+            f"the command's summary: {summary}",
+            f"wall time of the whole command, start-up and migrations check included: "
+            f"{seconds:.1f} s = {lines / seconds:,.0f} readings/s",
         ],
     )
 
