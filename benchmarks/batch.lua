@@ -1,8 +1,9 @@
 -- Batches of BENCH_BATCH readings per request to POST /v1/ingest, half meter and half vehicle
 -- readings (a gateway's view); no (device, minute) pair is sent twice. Each request covers the
--- next block of devices; once all devices are covered, the next minute starts.
+-- next block of devices; once all devices are covered, the next minute starts. Time starts at
+-- the top of the current UTC hour, as live devices report (see single.lua).
 -- Environment: BENCH_PREFIX (device-id prefix, unique per run), BENCH_DEVICES (per thread),
--- BENCH_BATCH (readings per request), BENCH_DAYS_BACK (where time starts).
+-- BENCH_BATCH (readings per request).
 dofile("report.lua")
 
 local next_id = 0
@@ -14,9 +15,9 @@ end
 
 function init(args)
   prefix = (os.getenv("BENCH_PREFIX") or "bench") .. "-" .. thread_id .. "-"
-  devices = tonumber(os.getenv("BENCH_DEVICES") or "10000")
+  devices = tonumber(os.getenv("BENCH_DEVICES") or "50000")
   batch = tonumber(os.getenv("BENCH_BATCH") or "1000")
-  start = math.floor(os.time() / 60) * 60 - 86400 * tonumber(os.getenv("BENCH_DAYS_BACK") or "10")
+  start = math.floor(os.time() / 3600) * 3600
   counter = 0
   wrk.method = "POST"
   wrk.path = "/v1/ingest"

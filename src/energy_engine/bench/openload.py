@@ -71,10 +71,11 @@ async def open_load(
     readings_per_request: int,
     seconds: float,
     prefix: str,
-    gateways: int = 200,
+    gateways: int = 2000,
 ) -> OpenLoadResult:
     """Send `readings_per_request`-reading batches to POST /v1/ingest at a fixed rate."""
-    start_at = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=10)
+    # Live traffic: from the top of the current hour, a minute per round (see single.lua).
+    start_at = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     total = int(requests_per_second * seconds)
     latencies: list[float] = []
     failures = 0
