@@ -25,6 +25,7 @@ class OpenLoadResult:
     due: int  # requests the schedule called for
     acknowledged: int  # answered 2xx
     failed: int  # answered otherwise or not at all
+    overloaded: int  # of those, answered 503 (the engine's queue was full)
     seconds: float
     p50_ms: float
     p99_ms: float
@@ -78,14 +79,14 @@ async def open_load(
     start_at = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     total = int(requests_per_second * seconds)
     latencies: list[float] = []
-    failures = 0
+    failures = overloaded = 0
     idle: list[_Connection] = []
     opened: list[_Connection] = []
     target = urlsplit(base_url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
 
     async def one(due: float, body: bytes) -> None:
-        nonlocal failures
+        nonlocal failures, overloaded
         try:
             if idle:
                 connection = idle.pop()
@@ -101,6 +102,7 @@ async def open_load(
             latencies.append(time.perf_counter() - due)
         else:
             failures += 1
+            overloaded += status == 503
 
     tasks = []
     began = time.perf_counter()
@@ -122,6 +124,7 @@ async def open_load(
         due=total,
         acknowledged=len(latencies),
         failed=failures,
+        overloaded=overloaded,
         seconds=seconds,
         p50_ms=_percentile(latencies, 0.50) * 1000,
         p99_ms=_percentile(latencies, 0.99) * 1000,

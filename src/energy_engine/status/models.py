@@ -40,3 +40,30 @@ class MeterStatus(BaseModel):
     power_kw: float | None
     online: bool
     vehicle_id: str | None
+
+
+class StaleDevice(BaseModel):
+    """A device whose newest reading is older than the online limit."""
+
+    model_config = _CAMEL
+
+    kind: str  # "vehicle" or "meter"
+    device_id: str
+    last_seen: datetime
+
+
+class FleetStatus(BaseModel):
+    """The whole fleet from the hot store: what is known, online and charging right now."""
+
+    model_config = _CAMEL
+
+    at: datetime
+    online_since: datetime
+    vehicles: int
+    vehicles_online: int
+    vehicles_charging: int
+    avg_soc_online: float | None
+    meters: int
+    meters_online: int
+    stale: list[StaleDevice]
+    next_cursor: str | None  # pass as `cursor` for the next page of stale devices

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from energy_engine.deps import PoolDep, SettingsDep
 from energy_engine.energy import Reading, power_kw
-from energy_engine.errors import ErrorBody, not_found
-from energy_engine.settings import Settings
+from energy_engine.errors import ApiError, ErrorBody, ErrorItem, not_found
+from energy_engine.settings import EnergySemantics, Settings
 from energy_engine.status import store
-from energy_engine.status.models import MeterStatus, VehicleStatus
+from energy_engine.status.models import FleetStatus, MeterStatus, StaleDevice, VehicleStatus
 
 router = APIRouter(tags=["status"], responses={404: {"model": ErrorBody}})
 
@@ -87,4 +89,63 @@ async def meter_status(meter_id: str, pool: PoolDep, settings: SettingsDep) -> M
         ),
         online=_online(row["read_at"], settings),
         vehicle_id=row["vehicle_id"],
+    )
+
+
+def _cursor(device: StaleDevice) -> str:
+    raw = f"{device.last_seen.isoformat()}|{device.kind}|{device.device_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
+    if cursor is None:
+        return None
+    try:
+        at, kind, device = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 2)
+        return datetime.fromisoformat(at), kind, device
+    except ValueError:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "the cursor is not one this API gave out",
+            [ErrorItem(field="cursor", reason="pass nextCursor from the previous page")],
+        ) from None
+
+
+@router.get("/v1/fleet/status")
+async def fleet_status(
+    pool: PoolDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Stale devices per page.")] = 100,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page.")] = None,
+) -> FleetStatus:
+    """Devices known, online and charging now, average SoC, and the stale devices (paginated),
+    from the hot store only."""
+    after = _after(cursor)
+    now = datetime.now(UTC)
+    online_since = now - settings.online_within
+    async with pool.acquire() as conn:
+        counts = await store.fleet(
+            conn,
+            online_since,
+            settings.energy_semantics is EnergySemantics.INTERVAL,
+            settings.max_power_kw,
+        )
+        rows = await store.stale(conn, online_since, after, limit + 1)
+    stale = [
+        StaleDevice(kind=r["kind"], device_id=r["device_id"], last_seen=r["read_at"])
+        for r in rows[:limit]
+    ]
+    avg_soc = counts["avg_soc_online"]
+    return FleetStatus(
+        at=now,
+        online_since=online_since,
+        vehicles=counts["vehicles"],
+        vehicles_online=counts["vehicles_online"],
+        vehicles_charging=counts["vehicles_charging"],
+        avg_soc_online=None if avg_soc is None else round(avg_soc, 2),
+        meters=counts["meters"],
+        meters_online=counts["meters_online"],
+        stale=stale,
+        next_cursor=_cursor(stale[-1]) if len(rows) > limit else None,
     )
