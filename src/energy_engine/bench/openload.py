@@ -26,6 +26,7 @@ class OpenLoadResult:
     acknowledged: int  # answered 2xx
     failed: int  # answered otherwise or not at all
     overloaded: int  # of those, answered 503 (the engine's queue was full)
+    errors: dict[str, int]  # every failure by status code or exception
     seconds: float
     p50_ms: float
     p99_ms: float
@@ -35,6 +36,9 @@ class OpenLoadResult:
     def readings_per_second(self) -> float:
         """Acknowledged readings per second of the schedule."""
         return self.acknowledged * self.readings_per_request / self.seconds
+
+
+KEEP_ALIVE_S = 4.0
 
 
 def _gateway_batch(prefix: str, gateway: int, round_: int, size: int, start: datetime) -> bytes:
@@ -80,29 +84,36 @@ async def open_load(
     total = int(requests_per_second * seconds)
     latencies: list[float] = []
     failures = overloaded = 0
-    idle: list[_Connection] = []
+    errors: dict[str, int] = {}  # failure kinds: a status code or an exception's name
+    idle: list[tuple[float, _Connection]] = []  # (when it was last used, connection)
     opened: list[_Connection] = []
     target = urlsplit(base_url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
 
     async def one(due: float, body: bytes) -> None:
         nonlocal failures, overloaded
+        # uvicorn closes a keep-alive connection after 5 s idle; one left on the stack that
+        # long is closed here rather than failing the next request sent on it.
+        while idle and time.perf_counter() - idle[-1][0] > KEEP_ALIVE_S:
+            idle.pop()[1].close()
         try:
             if idle:
-                connection = idle.pop()
+                connection = idle.pop()[1]
             else:
                 connection = await _Connection.open(host, port)
                 opened.append(connection)
             status = await connection.post("/v1/ingest", body)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             failures += 1
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             return
-        idle.append(connection)
+        idle.append((time.perf_counter(), connection))
         if status == 200:
             latencies.append(time.perf_counter() - due)
         else:
             failures += 1
             overloaded += status == 503
+            errors[str(status)] = errors.get(str(status), 0) + 1
 
     tasks = []
     began = time.perf_counter()
@@ -125,6 +136,7 @@ async def open_load(
         acknowledged=len(latencies),
         failed=failures,
         overloaded=overloaded,
+        errors=errors,
         seconds=seconds,
         p50_ms=_percentile(latencies, 0.50) * 1000,
         p99_ms=_percentile(latencies, 0.99) * 1000,

@@ -362,7 +362,7 @@ def _open_model(base: str, url: str, options: Options, say: Say) -> Row:
         line = (
             f"{rate * 100:,.0f} readings/s offered: {result.readings_per_second:,.0f}/s "
             f"acknowledged, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-            f"{result.failed} failed ({result.overloaded} of them 503), {stored:,} stored of "
+            f"{result.failed} failed {result.errors or ''}, {stored:,} stored of "
             f"{result.acknowledged * 100:,} "
             "acknowledged"
         )
