@@ -15,7 +15,7 @@ end
 
 function init(args)
   prefix = (os.getenv("BENCH_PREFIX") or "bench") .. "-" .. thread_id .. "-"
-  devices = tonumber(os.getenv("BENCH_DEVICES") or "50000")
+  devices = tonumber(os.getenv("BENCH_DEVICES") or "200000")
   batch = tonumber(os.getenv("BENCH_BATCH") or "1000")
   start = math.floor(os.time() / 3600) * 3600
   counter = 0

@@ -45,8 +45,8 @@ class WrkRun:
 
     @property
     def per_second(self) -> float:
-        """Completed requests per second."""
-        return self.requests / self.seconds
+        """Requests answered with a 2xx, per second: an error answer is not throughput."""
+        return self.acknowledged / self.seconds
 
     @property
     def acknowledged(self) -> int:

@@ -76,10 +76,12 @@ async def open_load(
     readings_per_request: int,
     seconds: float,
     prefix: str,
-    gateways: int = 2000,
+    gateways: int = 4000,
 ) -> OpenLoadResult:
     """Send `readings_per_request`-reading batches to POST /v1/ingest at a fixed rate."""
-    # Live traffic: from the top of the current hour, a minute per round (see single.lua).
+    # Live traffic: from the top of the current hour, a minute per round (see single.lua);
+    # enough gateways that 60 s at the target rate takes 5 rounds, never ahead of the clock
+    # by more than the 5 minutes the API allows.
     start_at = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     total = int(requests_per_second * seconds)
     latencies: list[float] = []

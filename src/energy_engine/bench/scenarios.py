@@ -383,7 +383,7 @@ def _open_model(base: str, url: str, options: Options, say: Say) -> Row:
     return Row(
         4,
         f"Open-model load: {options.open_rate:,.0f} requests/s × 100 readings "
-        f"(2,000 gateways × 100 devices), {options.open_seconds} s",
+        f"(4,000 gateways × 100 devices), {options.open_seconds} s",
         f"{target:,.0f} readings/s held with p99 ≤ 100 ms",
         measured,
         held == target,
