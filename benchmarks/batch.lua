@@ -4,14 +4,7 @@
 -- the top of the current UTC hour, as live devices report (see single.lua).
 -- Environment: BENCH_PREFIX (device-id prefix, unique per run), BENCH_DEVICES (per thread),
 -- BENCH_BATCH (readings per request).
-dofile("report.lua")
-
-local next_id = 0
-
-function setup(thread)
-  thread:set("thread_id", next_id)
-  next_id = next_id + 1
-end
+dofile("report.lua")  -- done(), and setup() numbering the threads (thread_id)
 
 function init(args)
   prefix = (os.getenv("BENCH_PREFIX") or "bench") .. "-" .. thread_id .. "-"

@@ -1,5 +1,13 @@
 -- Shared by the wrk scripts (loaded with dofile; wrk runs with benchmarks/ as its directory):
--- prints one machine-readable line that `energy-engine bench` parses.
+-- setup() gives each thread a `thread_id` (so scripts can keep device ids apart per thread),
+-- done() prints one machine-readable line that `energy-engine bench` parses.
+local next_id = 0
+
+function setup(thread)
+  thread:set("thread_id", next_id)
+  next_id = next_id + 1
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -6,14 +6,7 @@
 -- stays within the first minutes of the hour, never more than the allowed 5 minutes ahead of
 -- the clock (a run right at the top of the hour has just those 5 minutes).
 -- Environment: BENCH_PREFIX (device-id prefix, unique per run), BENCH_DEVICES (per thread).
-dofile("report.lua")
-
-local next_id = 0
-
-function setup(thread)
-  thread:set("thread_id", next_id)
-  next_id = next_id + 1
-end
+dofile("report.lua")  -- done(), and setup() numbering the threads (thread_id)
 
 function init(args)
   prefix = (os.getenv("BENCH_PREFIX") or "bench") .. "-" .. thread_id .. "-"

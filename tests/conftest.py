@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -29,19 +28,8 @@ from energy_engine.settings import Settings
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # keeps platformdirs (pgserver) quiet
 
 
-def with_database(url: str, name: str) -> str:
-    """`url` pointing at database `name` (works for unix-socket URLs with ?host= too)."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-async def admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+with_database = db.with_database
+admin = db.run_statements
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -65,6 +66,22 @@ def database_url(settings: Settings) -> Iterator[str]:
     with embedded_postgres(settings.data_dir / "pgdata") as url:
         log.info("embedded PostgreSQL running in %s", settings.data_dir / "pgdata")
         yield url
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` (works for unix-socket URLs with ?host= too)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def run_statements(url: str, *statements: str) -> None:
+    """Run administrative statements (CREATE/DROP DATABASE …) on their own connection."""
+    conn = await asyncpg.connect(url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def create_pool(url: str, settings: Settings) -> Pool:

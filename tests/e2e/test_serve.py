@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from energy_engine.bench.harness import free_port
 from energy_engine.cli import cli
 from tests.readings import meter, minute_ago, vehicle
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -36,7 +29,7 @@ def serve(
     env: dict[str, str], cwd: Path, *args: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start the engine; yield its base URL once ready; stop it with SIGTERM."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -104,19 +103,6 @@ def _postgres(options: Options) -> Iterator[str]:
         yield url
 
 
-async def _admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
     """Run every scenario; returns the rows and the PostgreSQL version measured against."""
     say: Say = console.log
@@ -125,8 +111,10 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
     suffix = uuid.uuid4().hex[:6]
     with _postgres(options) as admin_url:
         raw_db, bench_db = f"bench_raw_{suffix}", f"bench_{suffix}"
-        asyncio.run(_admin(admin_url, f"CREATE DATABASE {raw_db}", f"CREATE DATABASE {bench_db}"))
-        raw_url, url = _with_database(admin_url, raw_db), _with_database(admin_url, bench_db)
+        asyncio.run(
+            db.run_statements(admin_url, f"CREATE DATABASE {raw_db}", f"CREATE DATABASE {bench_db}")
+        )
+        raw_url, url = db.with_database(admin_url, raw_db), db.with_database(admin_url, bench_db)
         try:
             version = str(asyncio.run(_fetchval(url, "SHOW server_version")))
             say(f"PostgreSQL {version}; scenario 1: the write statement without HTTP")
@@ -144,7 +132,7 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
             rows.append(asyncio.run(_storage(url)))
         finally:
             asyncio.run(
-                _admin(
+                db.run_statements(
                     admin_url,
                     f"DROP DATABASE IF EXISTS {raw_db} WITH (FORCE)",
                     f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)",

@@ -53,7 +53,7 @@ class ReadingParser(Generic[R]):
             )
         except ValidationError as exc:
             raise self._rejection(exc, is_batch) from None
-        problems = self._out_of_time_range(readings, is_batch)
+        problems = self.storable_problems(readings, is_batch)
         if problems:
             raise _invalid(problems)
         return readings
@@ -84,9 +84,11 @@ class ReadingParser(Generic[R]):
             )
         return _invalid(items)
 
-    def _out_of_time_range(
+    def storable_problems(
         self, readings: Sequence[R], is_batch: bool, indexes: Sequence[int] | None = None
     ) -> list[ErrorItem]:
+        """What validation cannot see: timestamps outside the accepted range (relative to
+        now) and sensor values too small for their `real` column."""
         now = datetime.now(UTC)
         latest = now + self.settings.max_future_skew
         oldest = now - self.settings.max_reading_age
@@ -142,7 +144,7 @@ class NdjsonParser(Generic[R]):
             self._pending = b""
         if self._malformed:
             raise ApiError(400, "malformed_json", "lines are not valid JSON", self._malformed)
-        problems = self._invalid or self._parser._out_of_time_range(
+        problems = self._invalid or self._parser.storable_problems(
             self._readings, True, self._indexes
         )
         if problems:
