@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     # Analytics.
     default_window: timedelta = timedelta(hours=24)
-    max_window: timedelta = timedelta(days=31)
+    max_window: timedelta = timedelta(days=90)
     healthy_efficiency: float = Field(default=0.85, gt=0, le=1)
     warning_efficiency: float = Field(default=0.75, gt=0, le=1)
     min_ac_kwh: float = Field(default=1.0, ge=0)

@@ -46,14 +46,12 @@ class StreamCounts(BaseModel):
     meter: int
 
 
-class PerformanceReport(BaseModel):
-    """AC consumed vs DC delivered for one vehicle over [from, to)."""
+class VehicleSummary(BaseModel):
+    """AC consumed vs DC delivered for one vehicle over a window."""
 
     model_config = _CAMEL
 
     vehicle_id: str
-    from_: datetime = Field(serialization_alias="from")
-    to: datetime
     ac_consumed_kwh: float | None = Field(description="null when no meter data covers the window")
     dc_delivered_kwh: float
     loss_kwh: float | None
@@ -65,3 +63,90 @@ class PerformanceReport(BaseModel):
     skipped_intervals: StreamCounts = Field(
         description="increments left out because they would need more than the maximum power"
     )
+
+
+class PerformanceReport(VehicleSummary):
+    """AC consumed vs DC delivered for one vehicle over [from, to)."""
+
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+
+
+class Step(StrEnum):
+    """A series' step: one UTC hour or one UTC day."""
+
+    HOUR = "1h"
+    DAY = "1d"
+
+
+class SeriesPoint(BaseModel):
+    """One step of a vehicle's series: [from, to), cut to the requested window."""
+
+    model_config = _CAMEL
+
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+    ac_consumed_kwh: float | None
+    dc_delivered_kwh: float
+    loss_kwh: float | None
+    efficiency: float | None
+    avg_battery_temp: float | None
+    soc_min: float | None
+    soc_max: float | None
+    readings: StreamCounts
+
+
+class PerformanceSeries(BaseModel):
+    """A vehicle's window in steps, for a chart."""
+
+    model_config = _CAMEL
+
+    vehicle_id: str
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+    step: Step
+    points: list[SeriesPoint]
+
+
+class FleetSort(StrEnum):
+    """What the fleet ranking is ordered by."""
+
+    EFFICIENCY = "efficiency"
+    LOSS_KWH = "lossKwh"
+    DC_DELIVERED_KWH = "dcDeliveredKwh"
+
+
+class Order(StrEnum):
+    """Ascending or descending; vehicles without a value come last either way."""
+
+    ASC = "asc"
+    DESC = "desc"
+
+
+class FleetTotals(BaseModel):
+    """The whole fleet over the window, whatever the page and the health filter."""
+
+    model_config = _CAMEL
+
+    vehicles: int
+    ac_consumed_kwh: float = Field(description="over the vehicles with AC data")
+    dc_delivered_kwh: float = Field(description="over all vehicles")
+    loss_kwh: float = Field(description="AC minus DC over the vehicles with AC data")
+    efficiency: float | None = Field(description="DC / AC over the vehicles with AC data")
+    health: dict[Health, int] = Field(description="vehicles per health class")
+
+
+class FleetReport(BaseModel):
+    """Every vehicle's summary over [from, to), filtered, sorted and paginated, plus totals."""
+
+    model_config = _CAMEL
+
+    from_: datetime = Field(serialization_alias="from")
+    to: datetime
+    sort: FleetSort
+    order: Order
+    health: list[Health] = Field(description="the health filter; empty for all vehicles")
+    totals: FleetTotals
+    matching: int = Field(description="vehicles passing the health filter")
+    vehicles: list[VehicleSummary]
+    next_cursor: str | None

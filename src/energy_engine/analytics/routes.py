@@ -1,16 +1,34 @@
-"""GET /v1/analytics/performance/{vehicleId}."""
+"""GET /v1/analytics/performance/{vehicleId}, its /series, and /v1/analytics/fleet."""
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from energy_engine.analytics import store
-from energy_engine.analytics.models import PerformanceReport, StreamCounts, judge
-from energy_engine.deps import PoolDep, SettingsDep
+from energy_engine.analytics import fleet, store
+from energy_engine.analytics.models import (
+    FleetReport,
+    FleetSort,
+    FleetTotals,
+    Health,
+    Order,
+    PerformanceReport,
+    PerformanceSeries,
+    SeriesPoint,
+    Step,
+    StreamCounts,
+    VehicleSummary,
+    judge,
+)
+from energy_engine.analytics.store import Performance
+from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep
 from energy_engine.errors import ApiError, ErrorBody, ErrorItem, not_found
 from energy_engine.settings import Settings
 
@@ -54,6 +72,31 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def summarize(vehicle_id: str, found: Performance, settings: Settings) -> VehicleSummary:
+    """The report's numbers for one vehicle's window, rounded, with its health class."""
+    dc = found.dc
+    # AC is known only where an assigned meter reported in the window.
+    ac = found.meter_kwh if found.meter_readings else None
+    efficiency = dc.kwh / ac if ac else None
+    return VehicleSummary(
+        vehicle_id=vehicle_id,
+        ac_consumed_kwh=_round(ac, 6),
+        dc_delivered_kwh=round(dc.kwh, 6),
+        loss_kwh=None if ac is None else round(ac - dc.kwh, 6),
+        efficiency=_round(efficiency, 4),
+        avg_battery_temp=_round(dc.avg_battery_temp, 2),
+        readings=StreamCounts(vehicle=dc.readings, meter=found.meter_readings),
+        meter_ids=list(dict.fromkeys(found.meter_ids)),
+        health=judge(ac, efficiency, settings),
+        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=found.meter_skipped),
+    )
+
+
+def _json(model: BaseModel) -> Response:
+    # Serialised here, once: returning the model would make FastAPI validate it again.
+    return Response(model.model_dump_json(by_alias=True), media_type="application/json")
+
+
 @router.get(
     "/v1/analytics/performance/{vehicle_id}",
     response_model=PerformanceReport,
@@ -66,29 +109,220 @@ async def vehicle_performance(
     start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
     end: Annotated[datetime | None, Query(alias="to", description=_WHEN)] = None,
 ) -> Response:
-    """AC consumed vs DC delivered, efficiency, battery temperature and health over a window."""
+    """AC consumed vs DC delivered, efficiency, battery temperature and health over a window
+    of up to 90 days (default: the last 24 hours)."""
     start, end = resolve_window(start, end, settings)
     async with pool.acquire() as conn:
         found = await store.performance(conn, vehicle_id, start, end, settings)
     if found is None:
         raise not_found("vehicle", vehicle_id)
-    dc = found.dc
-    # AC is known only where an assigned meter reported in the window.
-    ac = found.meter_kwh if found.meter_readings else None
-    efficiency = dc.kwh / ac if ac else None
-    report = PerformanceReport(
-        vehicle_id=vehicle_id,
-        from_=start,
-        to=end,
-        ac_consumed_kwh=_round(ac, 6),
-        dc_delivered_kwh=round(dc.kwh, 6),
-        loss_kwh=None if ac is None else round(ac - dc.kwh, 6),
-        efficiency=_round(efficiency, 4),
-        avg_battery_temp=_round(dc.avg_battery_temp, 2),
-        readings=StreamCounts(vehicle=dc.readings, meter=found.meter_readings),
-        meter_ids=list(dict.fromkeys(found.meter_ids)),
-        health=judge(ac, efficiency, settings),
-        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=found.meter_skipped),
+    summary = summarize(vehicle_id, found, settings)
+    return _json(PerformanceReport(**dict(summary), from_=start, to=end))
+
+
+@router.get(
+    "/v1/analytics/performance/{vehicle_id}/series",
+    response_model=PerformanceSeries,
+    responses={404: {"model": ErrorBody}},
+)
+async def vehicle_series(
+    vehicle_id: KnownVehicle,
+    pool: PoolDep,
+    settings: SettingsDep,
+    start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
+    end: Annotated[datetime | None, Query(alias="to", description=_WHEN)] = None,
+    step: Annotated[Step, Query(description="1h or 1d; steps start on UTC hours or days")] = (
+        Step.HOUR
+    ),
+) -> Response:
+    """The performance report per step: AC, DC, efficiency, battery temperature and the SoC
+    range of every UTC hour or day of the window (the first and last step cut to it). Each
+    step's numbers are the report's for that step."""
+    start, end = resolve_window(start, end, settings)
+    async with pool.acquire() as conn:
+        steps = await store.series(
+            conn, vehicle_id, start, end, "hour" if step is Step.HOUR else "day", settings
+        )
+    points = []
+    for s in steps:
+        ac = s.meter_kwh if s.meter_readings else None
+        efficiency = s.dc.kwh / ac if ac else None
+        points.append(
+            SeriesPoint(
+                from_=s.start,
+                to=s.end,
+                ac_consumed_kwh=_round(ac, 6),
+                dc_delivered_kwh=round(s.dc.kwh, 6),
+                loss_kwh=None if ac is None else round(ac - s.dc.kwh, 6),
+                efficiency=_round(efficiency, 4),
+                avg_battery_temp=_round(s.dc.avg_battery_temp, 2),
+                soc_min=None if s.soc_min is None else float(f"{s.soc_min:.7g}"),
+                soc_max=None if s.soc_max is None else float(f"{s.soc_max:.7g}"),
+                readings=StreamCounts(vehicle=s.dc.readings, meter=s.meter_readings),
+            )
+        )
+    return _json(
+        PerformanceSeries(vehicle_id=vehicle_id, from_=start, to=end, step=step, points=points)
     )
-    # Serialised here, once: returning the model would make FastAPI validate it again.
-    return Response(report.model_dump_json(by_alias=True), media_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """What a fleet page is cut from; a cursor carries it to the next page."""
+
+    start: datetime
+    end: datetime
+    sort: FleetSort
+    order: Order
+    health: tuple[Health, ...]
+
+
+def _bad(field: str, reason: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message, [ErrorItem(field=field, reason=reason)])
+
+
+def _health_filter(values: list[str] | None) -> tuple[Health, ...]:
+    """`health=critical,warning` or `health=critical&health=warning`."""
+    wanted: list[Health] = []
+    for part in ",".join(values or []).split(","):
+        if not part.strip():
+            continue
+        try:
+            wanted.append(Health(part.strip()))
+        except ValueError:
+            raise _bad(
+                "health",
+                f"{part.strip()!r} is not one of {', '.join(h.value for h in Health)}",
+                "unknown health class",
+            ) from None
+    return tuple(dict.fromkeys(wanted))
+
+
+def _encode_cursor(query: _Query, value: float | None, vehicle_id: str) -> str:
+    raw = orjson.dumps(
+        {
+            "from": query.start.isoformat(),
+            "to": query.end.isoformat(),
+            "sort": query.sort.value,
+            "order": query.order.value,
+            "health": [h.value for h in query.health],
+            "after": [value, vehicle_id],
+        }
+    )
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[_Query, float | None, str]:
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        value, vehicle_id = raw["after"]
+        query = _Query(
+            datetime.fromisoformat(raw["from"]),
+            datetime.fromisoformat(raw["to"]),
+            FleetSort(raw["sort"]),
+            Order(raw["order"]),
+            tuple(Health(h) for h in raw["health"]),
+        )
+        if not (value is None or isinstance(value, int | float)) or not isinstance(vehicle_id, str):
+            raise ValueError(cursor)
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise _bad(
+            "cursor", "pass nextCursor from the previous page", "the cursor is not one we gave out"
+        ) from None
+    return query, (None if value is None else float(value)), vehicle_id
+
+
+def _sort_value(summary: VehicleSummary, sort: FleetSort) -> float | None:
+    if sort is FleetSort.EFFICIENCY:
+        return summary.efficiency
+    if sort is FleetSort.LOSS_KWH:
+        return summary.loss_kwh
+    return summary.dc_delivered_kwh
+
+
+def _sort_key(value: float | None, vehicle_id: str, order: Order) -> tuple[bool, float, str]:
+    """Vehicles without a value last in either order; ties by vehicle id."""
+    if value is None:
+        return (True, 0.0, vehicle_id)
+    return (False, value if order is Order.ASC else -value, vehicle_id)
+
+
+def _totals(summaries: list[VehicleSummary]) -> FleetTotals:
+    with_ac = [s for s in summaries if s.ac_consumed_kwh is not None]
+    ac = sum(s.ac_consumed_kwh or 0.0 for s in with_ac)
+    dc_with_ac = sum(s.dc_delivered_kwh for s in with_ac)
+    counts = dict.fromkeys(Health, 0)
+    for s in summaries:
+        counts[s.health] += 1
+    return FleetTotals(
+        vehicles=len(summaries),
+        ac_consumed_kwh=round(ac, 6),
+        dc_delivered_kwh=round(sum(s.dc_delivered_kwh for s in summaries), 6),
+        loss_kwh=round(ac - dc_with_ac, 6),
+        efficiency=round(dc_with_ac / ac, 4) if ac else None,
+        health=counts,
+    )
+
+
+@router.get("/v1/analytics/fleet", response_model=FleetReport)
+async def fleet_performance(
+    pool: PoolDep,
+    settings: SettingsDep,
+    start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
+    end: Annotated[
+        datetime | None,
+        Query(alias="to", description=_WHEN + "; default: the start of the current hour"),
+    ] = None,
+    health: Annotated[
+        list[str] | None,
+        Query(description="only these health classes, e.g. critical,warning"),
+    ] = None,
+    sort: FleetSort = FleetSort.EFFICIENCY,
+    order: Order = Order.ASC,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Vehicles per page.")] = 100,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page.")] = None,
+) -> Response:
+    """Every known vehicle's performance over the window, filtered by health, sorted and
+    paginated, with fleet totals. The default window is the last 24 whole hours: whole hours
+    are answered from rollups alone."""
+    if cursor is not None:
+        # The cursor pins the window, the order and the filter of the first page.
+        query, after_value, after_id = _decode_cursor(cursor)
+        after = _sort_key(after_value, after_id, query.order)
+    else:
+        if end is None:
+            end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            if start is not None and start >= end:
+                end = None  # a window starting in the current hour: up to now
+        start, end = resolve_window(start, end, settings)
+        query = _Query(start, end, sort, order, _health_filter(health))
+        after = None
+    async with pool.acquire() as conn:
+        numbers = await fleet.fleet_numbers(conn, query.start, query.end, settings)
+    summaries = [summarize(v, found, settings) for v, found in numbers.items()]
+    matching = [s for s in summaries if not query.health or s.health in query.health]
+    ranked = sorted(
+        ((_sort_key(_sort_value(s, query.sort), s.vehicle_id, query.order), s) for s in matching),
+        key=lambda pair: pair[0],
+    )
+    if after is not None:
+        ranked = [pair for pair in ranked if pair[0] > after]
+    page = [s for _, s in ranked[:limit]]
+    last = page[-1] if page else None
+    return _json(
+        FleetReport(
+            from_=query.start,
+            to=query.end,
+            sort=query.sort,
+            order=query.order,
+            health=list(query.health),
+            totals=_totals(summaries),
+            matching=len(matching),
+            vehicles=page,
+            next_cursor=(
+                _encode_cursor(query, _sort_value(last, query.sort), last.vehicle_id)
+                if last is not None and len(ranked) > limit
+                else None
+            ),
+        )
+    )

@@ -148,3 +148,74 @@ async def performance(
         meter_kwh=row["meter_kwh"],
         meter_skipped=row["meter_skipped"],
     )
+
+
+# One row per step of [$2, $3): steps start at UTC hour or day boundaries ($7 '1 hour' or
+# '1 day', $8 'hour' or 'day'), the first and last cut to the window. Each step is its own
+# window, answered by the same functions as the report (so a step's numbers are what the
+# report says for that step): DC side, SoC range, and AC over the meters assigned during it.
+SERIES = """
+WITH steps AS (
+    SELECT greatest(b, $2) AS step_from, least(b + $7::interval, $3) AS step_to
+    FROM generate_series(date_trunc($8, $2, 'UTC'), $3 - interval '1 microsecond', $7::interval)
+        AS b
+)
+SELECT s.step_from, s.step_to,
+       dc.readings, dc.kwh, dc.skipped,
+       dc.battery_temp_sum / nullif(dc.readings, 0) AS avg_battery_temp,
+       dc.soc_min, dc.soc_max,
+       ac.readings AS meter_readings, ac.kwh AS meter_kwh, ac.skipped AS meter_skipped
+FROM steps AS s
+CROSS JOIN LATERAL vehicle_window_energy($1, s.step_from, s.step_to, $4, $5, $6) AS dc
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(e.readings), 0)::bigint AS readings,
+           coalesce(sum(e.kwh), 0) AS kwh,
+           coalesce(sum(e.skipped), 0)::bigint AS skipped
+    FROM assignments AS a
+    CROSS JOIN LATERAL meter_window_energy(
+        a.meter_id, greatest(a.valid_from, s.step_from),
+        least(coalesce(a.valid_to, 'infinity'), s.step_to), $4, $5, $6, $2, $3) AS e
+    WHERE a.vehicle_id = $1 AND a.valid_from < s.step_to
+      AND (a.valid_to IS NULL OR a.valid_to > s.step_from)
+) AS ac
+ORDER BY s.step_from
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a series: both sides of [start, end)."""
+
+    start: datetime
+    end: datetime
+    dc: VehicleWindow
+    soc_min: float | None
+    soc_max: float | None
+    meter_readings: int
+    meter_kwh: float
+    meter_skipped: int
+
+
+async def series(
+    conn: Connection,
+    vehicle_id: str,
+    start: datetime,
+    end: datetime,
+    step: str,
+    settings: Settings,
+) -> list[Step]:
+    """The vehicle's window in steps of one `step` ('hour' or 'day')."""
+    rows = await conn.fetch(SERIES, vehicle_id, start, end, *_args(settings), f"1 {step}", step)
+    return [
+        Step(
+            r["step_from"],
+            r["step_to"],
+            VehicleWindow(r["readings"], r["kwh"], r["skipped"], r["avg_battery_temp"]),
+            r["soc_min"],
+            r["soc_max"],
+            r["meter_readings"],
+            r["meter_kwh"],
+            r["meter_skipped"],
+        )
+        for r in rows
+    ]

@@ -1,0 +1,185 @@
+"""The fleet statement: every vehicle's numbers equal its own report, whatever the rollups hold.
+
+The per-vehicle report is checked against raw history in test_rollups.py; this checks the
+fleet-wide statement (time-range scans, shared baselines, assignments that change inside the
+window) against it, on random streams, windows and refresh points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from energy_engine import db
+from energy_engine.analytics import fleet
+from energy_engine.analytics import store as analytics
+from energy_engine.ingest.models import MeterReading, VehicleReading
+from energy_engine.ingest.store import write_readings
+from energy_engine.rollups import store as rollups
+from energy_engine.settings import EnergySemantics, Settings
+from tests.conftest import admin, with_database
+
+# Each example gets a day of its own, later than the one before: watermarks only move forward.
+FIRST_DAY = (datetime.now(UTC) - timedelta(days=300)).replace(
+    hour=0, minute=0, second=0, microsecond=0
+)
+_examples = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def rule_databases(postgres_url: str, template_database: str) -> Iterator[dict[str, str]]:
+    """A database per set of energy rules (rollups are computed for one set), made on demand."""
+    made: dict[str, str] = {}
+    yield made
+    for name in made:
+        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def _database(made: dict[str, str], postgres_url: str, template: str, config: Settings) -> str:
+    key = f"energy_fleet_{config.energy_semantics.value}_{int(config.max_power_kw)}"
+    if key not in made:
+        asyncio.run(admin(postgres_url, f"CREATE DATABASE {key} TEMPLATE {template}"))
+        made[key] = with_database(postgres_url, key)
+    return made[key]
+
+
+arrivals = st.lists(
+    st.tuples(
+        st.integers(-70, 300),  # minute of the example's day
+        st.one_of(st.floats(0, 5_000, allow_nan=False), st.integers(0, 20).map(float)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    streams=st.lists(arrivals, min_size=6, max_size=6),
+    switch_minute=st.integers(-30, 330),
+    cuts=st.lists(st.integers(-60, 400), min_size=2, max_size=2).map(sorted),
+    start_minute=st.one_of(st.integers(-20, 300), st.integers(0, 5).map(lambda h: 60 * h)),
+    length=st.one_of(st.integers(1, 400), st.integers(1, 6).map(lambda h: 60 * h)),
+    semantics=st.sampled_from(EnergySemantics),
+    max_power_kw=st.sampled_from([1.0, 500.0]),
+    lookback_minutes=st.sampled_from([5, 90, 10_000]),
+)
+def test_every_vehicle_of_the_fleet_gets_its_own_report(
+    rule_databases: dict[str, str],
+    postgres_url: str,
+    template_database: str,
+    streams: list[list[tuple[int, float]]],
+    switch_minute: int,
+    cuts: list[int],
+    start_minute: int,
+    length: int,
+    semantics: EnergySemantics,
+    max_power_kw: float,
+    lookback_minutes: int,
+) -> None:
+    config = Settings(
+        _env_file=None,
+        energy_semantics=semantics,
+        max_power_kw=max_power_kw,
+        baseline_lookback=timedelta(minutes=lookback_minutes),
+    )
+    url = _database(rule_databases, postgres_url, template_database, config)
+    example = next(_examples)
+    day = FIRST_DAY + timedelta(days=example)
+    tag = f"{example}"
+    vehicles = [f"v{tag}-{i}" for i in range(4)]  # the last one never reports
+    meters = [f"m{tag}-{i}" for i in range(4)]
+    # Vehicle 0 charges from meter 0 throughout; vehicle 1 from meter 1, then meter 2 from
+    # `switch`; vehicle 2 has no meter; vehicle 3 only has an assignment (meter 3).
+    switch = day + timedelta(minutes=switch_minute)
+    assignments = [
+        (vehicles[0], meters[0], day - timedelta(days=30), None),
+        (vehicles[1], meters[1], day - timedelta(days=30), switch),
+        (vehicles[1], meters[2], switch, None),
+        (vehicles[3], meters[3], day - timedelta(days=30), None),
+    ]
+    meter_streams = dict(zip(meters[:3], streams[:3], strict=True))
+    vehicle_streams = dict(zip(vehicles[:3], streams[3:], strict=True))
+    start = day + timedelta(minutes=start_minute)
+    end = start + timedelta(minutes=length)
+
+    def part(index: int, parts: int) -> tuple[list[MeterReading], list[VehicleReading]]:
+        def share(stream: list[tuple[int, float]]) -> list[tuple[int, float]]:
+            return stream[index::parts]
+
+        return (
+            [
+                MeterReading.model_construct(
+                    meter_id=meter,
+                    timestamp=day + timedelta(minutes=m),
+                    kwh_consumed_ac=kwh,
+                    voltage=230.0,
+                )
+                for meter, stream in meter_streams.items()
+                for m, kwh in share(stream)
+            ],
+            [
+                VehicleReading.model_construct(
+                    vehicle_id=vehicle,
+                    timestamp=day + timedelta(minutes=m),
+                    soc=50.0,
+                    kwh_delivered_dc=kwh,
+                    battery_temp=20.0 + m % 7,
+                )
+                for vehicle, stream in vehicle_streams.items()
+                for m, kwh in share(stream)
+            ],
+        )
+
+    async def run() -> None:
+        pool = await db.create_pool(url, config)
+        try:
+            async with pool.acquire() as conn:
+                await db.ensure_partitions(
+                    conn, (day - timedelta(days=1)).date(), (day + timedelta(days=1)).date()
+                )
+                await rollups.match_rules(conn, config)
+                await conn.executemany(
+                    "INSERT INTO assignments (vehicle_id, meter_id, valid_from, valid_to)"
+                    " VALUES ($1, $2, $3, $4)",
+                    assignments,
+                )
+                # Written in three interleaved parts with refreshes in between, so the window
+                # meets rolled hours, dirty hours (late readings) and raw rows.
+                for index in range(3):
+                    await write_readings(conn, *part(index, 3))
+                    if index < len(cuts):
+                        await rollups.refresh(pool, config, day + timedelta(minutes=cuts[index]))
+                everyone = await fleet.fleet_numbers(conn, start, end, config)
+                for vehicle in vehicles:
+                    alone = await analytics.performance(conn, vehicle, start, end, config)
+                    if alone is None:  # never reported, never assigned: not in the fleet
+                        assert vehicle not in everyone
+                        continue
+                    got = everyone[vehicle]
+                    assert (got.dc.readings, got.dc.skipped) == (alone.dc.readings, alone.dc.skipped)
+                    assert got.dc.kwh == pytest.approx(alone.dc.kwh, rel=1e-9, abs=1e-9)
+                    if alone.dc.avg_battery_temp is None:
+                        assert got.dc.avg_battery_temp is None
+                    else:
+                        assert got.dc.avg_battery_temp == pytest.approx(alone.dc.avg_battery_temp)
+                    assert got.meter_ids == alone.meter_ids
+                    assert (got.meter_readings, got.meter_skipped) == (
+                        alone.meter_readings,
+                        alone.meter_skipped,
+                    )
+                    assert got.meter_kwh == pytest.approx(alone.meter_kwh, rel=1e-9, abs=1e-9)
+                dirty = await conn.fetchval(
+                    "SELECT count(*) FROM rollup_dirty WHERE device_id LIKE $1", f"%{tag}-%"
+                )
+                event(f"dirty device-hours: {min(dirty, 1)}+")
+                event(f"readings in window: {min(everyone[vehicles[0]].dc.readings, 1)}+")
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
