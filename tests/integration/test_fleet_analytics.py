@@ -162,7 +162,10 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
                         assert vehicle not in everyone
                         continue
                     got = everyone[vehicle]
-                    assert (got.dc.readings, got.dc.skipped) == (alone.dc.readings, alone.dc.skipped)
+                    assert (got.dc.readings, got.dc.skipped) == (
+                        alone.dc.readings,
+                        alone.dc.skipped,
+                    )
                     assert got.dc.kwh == pytest.approx(alone.dc.kwh, rel=1e-9, abs=1e-9)
                     if alone.dc.avg_battery_temp is None:
                         assert got.dc.avg_battery_temp is None
@@ -183,3 +186,76 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
             await pool.close()
 
     asyncio.run(run())
+
+
+LATE_DAY = FIRST_DAY - timedelta(days=5)  # clear of the property test's days
+
+
+async def test_a_late_reading_becomes_the_next_rolled_hours_predecessor(
+    conn: db.Connection, database_url: str, settings: Settings
+) -> None:
+    """A rollup stores the reading before its hour. A late reading in an earlier hour takes
+    that place: the fleet statement must not use the stale one before the refresher repairs
+    it, and the refresher must repair it."""
+
+    def at(hours: int, minutes: int) -> datetime:
+        return LATE_DAY + timedelta(hours=hours, minutes=minutes)
+
+    def readings(
+        points: list[tuple[datetime, float]],
+    ) -> tuple[list[MeterReading], list[VehicleReading]]:
+        meters = [
+            MeterReading.model_construct(
+                meter_id="M-late", timestamp=t, kwh_consumed_ac=kwh * 1.2, voltage=230.0
+            )
+            for t, kwh in points
+        ]
+        vehicles = [
+            VehicleReading.model_construct(
+                vehicle_id="V-late", timestamp=t, soc=50.0, kwh_delivered_dc=kwh, battery_temp=20.0
+            )
+            for t, kwh in points
+        ]
+        return meters, vehicles
+
+    pool = await db.create_pool(database_url, settings)
+    try:
+        await db.ensure_partitions(conn, LATE_DAY.date(), LATE_DAY.date())
+        await rollups.match_rules(conn, settings)
+        await conn.execute(
+            "INSERT INTO assignments (vehicle_id, meter_id, valid_from) VALUES ($1, $2, $3)",
+            "V-late",
+            "M-late",
+            LATE_DAY - timedelta(days=1),
+        )
+        await write_readings(
+            conn, *readings([(at(0, 10), 10.0), (at(1, 10), 20.0), (at(2, 10), 30.0)])
+        )
+        await rollups.refresh(pool, settings, at(3, 5))
+        # Late, and above the next hour's first reading: the counter looks reset at 1:10.
+        await write_readings(conn, *readings([(at(0, 50), 25.0)]))
+        start, end = at(0, 0), at(3, 0)
+
+        async def both() -> tuple[analytics.Performance, analytics.Performance]:
+            everyone = await fleet.fleet_numbers(conn, start, end, settings)
+            alone = await analytics.performance(conn, "V-late", start, end, settings)
+            assert alone is not None
+            return everyone["V-late"], alone
+
+        got, alone = await both()
+        # 10 → 25: 15; 25 → 20 is a reset: 20; 20 → 30: 10. The stale predecessor gives 35.
+        assert alone.dc.kwh == pytest.approx(45.0)
+        assert got.dc.kwh == pytest.approx(45.0)
+        assert got.meter_kwh == pytest.approx(alone.meter_kwh) == pytest.approx(54.0)
+
+        await rollups.refresh(pool, settings, at(3, 10))
+        prev = await conn.fetchrow(
+            "SELECT prev_at, prev_kwh FROM vehicle_rollups WHERE vehicle_id = $1 AND hour = $2",
+            "V-late",
+            at(1, 0),
+        )
+        assert prev is not None and tuple(prev) == (at(0, 50), 25.0)
+        got, alone = await both()
+        assert got.dc.kwh == pytest.approx(alone.dc.kwh) == pytest.approx(45.0)
+    finally:
+        await pool.close()

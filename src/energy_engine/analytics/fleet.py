@@ -4,24 +4,23 @@ The per-vehicle path (`store.performance`) reads one device's rows and rollups t
 primary key. Done 10,000 times that would be 10,000 × eight index probes; here each source is
 read once for the whole fleet, by time range:
 
-* rollups of the window's whole hours (and of the hour before it, for the baselines), by the
-  rollups' hour index, skipping dirty device-hours;
+* rollups of the window's whole hours, by the rollups' hour index, skipping dirty hours;
 * raw rows where no rollup applies: the window's partial first hour, the hours not rolled up
-  yet at its end, and every dirty device-hour;
-* the baseline reading of a device that has no reading in the hour before the window: looked
-  up one by one, so only quiet devices pay for it.
+  yet at its end, and every dirty device-hour.
 
-Pieces are joined in time order with the rules of `energy_engine.energy`, exactly as in the
-SQL window functions of migrations 0003/0004, so every vehicle's numbers equal what
-`GET /v1/analytics/performance/{id}` answers for the same window (tests/integration/
-test_fleet_analytics.py checks that on random streams). Meters count for a vehicle over the
+No piece needs sorting into place: each carries the reading before it (a rollup stores it,
+migrations/0004), so the increment into it is computed row by row and a hash aggregate sums a
+device's pieces. Only raw readings are ordered, within their short runs, and each run's first
+reading looks its predecessor up. The increments follow the rules of `energy_engine.energy`,
+so every vehicle's numbers equal what `GET /v1/analytics/performance/{id}` answers for the
+same window (tests/integration/test_fleet_analytics.py checks that on random streams).
+Meters count for a vehicle over the
 part of the window they were assigned to it; the few assignments that start or end inside the
 window go through `meter_window_energy` one by one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from energy_engine.analytics.store import Performance, VehicleWindow
@@ -30,119 +29,147 @@ from energy_engine.settings import EnergySemantics, Settings
 
 HOUR = timedelta(hours=1)
 
-# The pieces of one stream for every device: {table}, {device}, {kwh} and {extra} (the extra
-# column(s) summed per device) name the stream; {only} restricts the devices.
-#   $1 window from, $2 window to,
-#   $3/$4 rollup hours [from, to) before the window (the baseline hour; empty when not rolled),
-#   $5/$6 rollup hours [from, to) in the window,
-#   $7/$8 raw rows [from, to) at the start (the partial hour, and the baseline hour if no rollup)
-#   $6 .. $2 raw rows at the end (not rolled up yet, or a partial hour).
-_PIECES = """
-{stream}_pieces AS MATERIALIZED (
-    SELECT u.{device} AS device, u.first_at, u.last_at, u.first_kwh, u.last_kwh,
+# The totals of one stream for every device: {stream}, {device}, {kwh} and the extra column
+# (summed per device) name the stream; {only} restricts the devices.
+#   $1 window from, $2 window to, $3/$4 the rolled-up whole hours [from, to) of the window,
+#   $5 the end of the raw rows at the start (the partial first hour, [$1, $5)),
+#   $6 baseline lookback, $7 max power kW, $8 interval semantics.
+# Every piece (a rollup or a raw reading) carries the reading before it, so the increment into
+# it is computed row by row: stored with the rollup, looked up for a rollup whose hour follows
+# a dirty one (its stored predecessor may be stale), the previous raw reading of the same run,
+# or looked up for a run's first reading.
+_TOTALS = """
+{stream}_suspect AS (
+    SELECT DISTINCT d.device_id AS device, n.hour
+    FROM rollup_dirty AS d
+    CROSS JOIN LATERAL (
+        SELECT min(u.hour) AS hour
+        FROM {stream}_rollups AS u
+        WHERE u.{device} = d.device_id AND u.hour > d.hour
+    ) AS n
+    WHERE d.stream = '{stream}' AND n.hour >= $3 AND n.hour < $4
+),
+{stream}_rollup_pieces AS (
+    SELECT u.{device} AS device, u.first_at, u.first_kwh, u.prev_at, u.prev_kwh,
            u.added_kwh AS added, u.skipped, u.readings, {rollup_extra}
     FROM {stream}_rollups AS u
-    WHERE ((u.hour >= $3 AND u.hour < $4) OR (u.hour >= $5 AND u.hour < $6))
+    WHERE u.hour >= $3 AND u.hour < $4 {only_u}
       AND NOT EXISTS (SELECT FROM rollup_dirty AS d
                       WHERE d.stream = '{stream}' AND d.device_id = u.{device}
                         AND d.hour = u.hour)
+      AND NOT EXISTS (SELECT FROM {stream}_suspect AS s
+                      WHERE s.device = u.{device} AND s.hour = u.hour)
+    UNION ALL
+    SELECT u.{device}, u.first_at, u.first_kwh, p.read_at, p.{kwh},
+           u.added_kwh, u.skipped, u.readings, {rollup_extra}
+    FROM {stream}_suspect AS s
+    JOIN {stream}_rollups AS u ON u.{device} = s.device AND u.hour = s.hour
+    LEFT JOIN LATERAL (
+        SELECT read_at, {kwh}
+        FROM {stream}_readings
+        WHERE {device} = u.{device} AND read_at < u.hour AND read_at >= $1 - $6::interval
+        ORDER BY read_at DESC
+        LIMIT 1
+    ) AS p ON true
+    WHERE NOT EXISTS (SELECT FROM rollup_dirty AS d
+                      WHERE d.stream = '{stream}' AND d.device_id = u.{device}
+                        AND d.hour = u.hour)
       {only_u}
-    UNION ALL
-    SELECT r.{device}, r.read_at, r.read_at, r.{kwh}, r.{kwh}, 0, 0, 1, {raw_extra}
+),
+-- Raw readings in runs: the partial first hour, the hours not rolled up yet, each dirty hour.
+{stream}_raw AS (
+    SELECT r.{device} AS device, r.read_at, r.{kwh} AS kwh, {raw_extra}, $1 AS run
     FROM {stream}_readings AS r
-    WHERE r.read_at >= $7 AND r.read_at < $8 {only_r}
+    WHERE r.read_at >= $1 AND r.read_at < $5 {only_r}
     UNION ALL
-    SELECT r.{device}, r.read_at, r.read_at, r.{kwh}, r.{kwh}, 0, 0, 1, {raw_extra}
+    SELECT r.{device}, r.read_at, r.{kwh}, {raw_extra}, $4
     FROM {stream}_readings AS r
-    WHERE r.read_at >= $6 AND r.read_at < $2 {only_r}
+    WHERE r.read_at >= $4 AND r.read_at < $2 {only_r}
     UNION ALL
-    SELECT r.{device}, r.read_at, r.read_at, r.{kwh}, r.{kwh}, 0, 0, 1, {raw_extra}
+    SELECT r.{device}, r.read_at, r.{kwh}, {raw_extra}, d.hour
     FROM rollup_dirty AS d
     JOIN {stream}_readings AS r
       ON r.{device} = d.device_id AND r.read_at >= d.hour
      AND r.read_at < d.hour + interval '1 hour'
-    WHERE d.stream = '{stream}'
-      AND ((d.hour >= $3 AND d.hour < $4) OR (d.hour >= $5 AND d.hour < $6))
-      AND r.read_at >= $3 AND r.read_at < $2 {only_r}
+    WHERE d.stream = '{stream}' AND d.hour >= $3 AND d.hour < $4
+      AND r.read_at >= $3 AND r.read_at < $4 {only_r}
 ),
--- Devices with readings in the window but none in the hour before: their baseline (the last
--- reading within the lookback) is looked up one device at a time.
-{stream}_baselines AS (
-    SELECT p.device, b.read_at AS first_at, b.read_at AS last_at, b.{kwh} AS first_kwh,
-           b.{kwh} AS last_kwh, 0::float8 AS added, 0 AS skipped, 0 AS readings, {null_extra}
-    FROM (SELECT device FROM {stream}_pieces GROUP BY device HAVING min(first_at) >= $1) AS p
-    CROSS JOIN LATERAL (
+{stream}_raw_lags AS (
+    SELECT device, read_at, kwh, extra, run,
+           lag(read_at) OVER w AS prev_at, lag(kwh) OVER w AS prev_kwh
+    FROM {stream}_raw
+    WINDOW w AS (PARTITION BY device, run ORDER BY read_at)
+),
+{stream}_pieces AS (
+    SELECT device, first_at, first_kwh, prev_at, prev_kwh, added, skipped, readings, extra
+    FROM {stream}_rollup_pieces
+    UNION ALL
+    SELECT device, read_at, kwh, prev_at, prev_kwh, 0, 0, 1, extra
+    FROM {stream}_raw_lags
+    WHERE prev_at IS NOT NULL
+    UNION ALL
+    SELECT l.device, l.read_at, l.kwh, p.read_at, p.{kwh}, 0, 0, 1, l.extra
+    FROM {stream}_raw_lags AS l
+    LEFT JOIN LATERAL (
         SELECT read_at, {kwh}
         FROM {stream}_readings
-        WHERE {device} = p.device AND read_at < $3 AND read_at >= $1 - $9::interval
+        WHERE {device} = l.device AND read_at < l.run AND read_at >= $1 - $6::interval
         ORDER BY read_at DESC
         LIMIT 1
-    ) AS b
-),
-{stream}_lags AS (
-    SELECT device, first_at, first_kwh, added, skipped, readings, {extra_names},
-           lag(last_at) OVER w AS prev_at, lag(last_kwh) OVER w AS prev_kwh
-    FROM (SELECT * FROM {stream}_pieces UNION ALL SELECT * FROM {stream}_baselines) AS p
-    WINDOW w AS (PARTITION BY device ORDER BY first_at)
+    ) AS p ON true
+    WHERE l.prev_at IS NULL
 ),
 {stream}_steps AS (
-    SELECT device, added, skipped, readings, {extra_names},
-           CASE WHEN $11 THEN first_kwh
-                WHEN first_kwh >= prev_kwh THEN first_kwh - prev_kwh
-                WHEN prev_kwh IS NOT NULL THEN first_kwh  -- a counter reset
+    -- A predecessor before the window is the baseline, and counts only within the lookback.
+    SELECT device, added, skipped, readings, extra,
+           CASE WHEN $8 THEN first_kwh
+                WHEN prev_at >= $1 - $6::interval THEN
+                    CASE WHEN first_kwh >= prev_kwh THEN first_kwh - prev_kwh
+                         ELSE first_kwh  -- a counter reset
+                    END
            END AS joined,
-           EXTRACT(epoch FROM first_at - prev_at)::float8 AS seconds
-    FROM (
-        -- A predecessor before the window is a baseline only within the lookback.
-        SELECT device, first_at, first_kwh, added, skipped, readings, {extra_names},
-               CASE WHEN prev_at >= $1 - $9::interval THEN prev_at END AS prev_at,
-               CASE WHEN prev_at >= $1 - $9::interval THEN prev_kwh END AS prev_kwh
-        FROM {stream}_lags
-        WHERE first_at >= $1
-    ) AS counted
+           CASE WHEN prev_at >= $1 - $6::interval
+                THEN EXTRACT(epoch FROM first_at - prev_at)::float8
+           END AS seconds
+    FROM {stream}_pieces
 ),
 {stream}_totals AS (
     SELECT device,
            sum(readings)::bigint AS readings,
            coalesce(sum(added), 0)
                + coalesce(sum(joined) FILTER (WHERE seconds IS NULL
-                                                 OR joined * 3600 <= $10 * seconds), 0) AS kwh,
-           (sum(skipped) + count(*) FILTER (WHERE joined * 3600 > $10 * seconds))::bigint
-               AS skipped
-           {extra_sums}
+                                                 OR joined * 3600 <= $7 * seconds), 0) AS kwh,
+           (sum(skipped) + count(*) FILTER (WHERE joined * 3600 > $7 * seconds))::bigint
+               AS skipped,
+           sum(extra) AS extra
     FROM {stream}_steps
     GROUP BY device
 )"""
 
-_VEHICLE_PIECES = _PIECES.format(
+_VEHICLE_TOTALS = _TOTALS.format(
     stream="vehicle",
     device="vehicle_id",
     kwh="kwh_delivered_dc",
-    rollup_extra="u.battery_temp_sum AS temp_sum",
-    raw_extra="r.battery_temp::float8",
-    null_extra="0::float8",
-    extra_names="temp_sum",
-    extra_sums=", sum(temp_sum) AS temp_sum",
+    rollup_extra="u.battery_temp_sum AS extra",
+    raw_extra="r.battery_temp::float8 AS extra",
     only_u="",
     only_r="",
 )
 
-_METER_PIECES = _PIECES.format(
+_WHOLE = "(SELECT meter_id FROM segments WHERE whole)"
+_METER_TOTALS = _TOTALS.format(
     stream="meter",
     device="meter_id",
     kwh="kwh_consumed_ac",
-    rollup_extra="0::float8 AS unused",
-    raw_extra="0::float8",
-    null_extra="0::float8",
-    extra_names="unused",
-    extra_sums="",
-    only_u="AND u.meter_id IN (SELECT meter_id FROM segments WHERE whole)",
-    only_r="AND r.meter_id IN (SELECT meter_id FROM segments WHERE whole)",
+    rollup_extra="0::float8 AS extra",
+    raw_extra="0::float8 AS extra",
+    only_u=f"AND u.meter_id IN {_WHOLE}",
+    only_r=f"AND r.meter_id IN {_WHOLE}",
 )
 
 # Per known vehicle: DC readings, kWh, skipped, battery temperature sum; the meters assigned
 # during the window (in window order) and their AC readings, kWh and skipped.
-#   $9 baseline lookback, $10 max power kW, $11 interval semantics.
+#   $1..$8 as for _TOTALS.
 # Composed from this module's constants only; every value is a bind parameter.
 FLEET = f"""
 WITH segments AS (
@@ -153,8 +180,8 @@ WITH segments AS (
     FROM assignments
     WHERE valid_from < $2 AND (valid_to IS NULL OR valid_to > $1)
 ),
-{_VEHICLE_PIECES},
-{_METER_PIECES},
+{_VEHICLE_TOTALS},
+{_METER_TOTALS},
 meter_parts AS (
     SELECT s.vehicle_id, s.meter_id, s.seg_from,
            coalesce(t.readings, 0) AS readings, coalesce(t.kwh, 0) AS kwh,
@@ -166,7 +193,7 @@ meter_parts AS (
     SELECT s.vehicle_id, s.meter_id, s.seg_from, e.readings, e.kwh, e.skipped
     FROM segments AS s
     CROSS JOIN LATERAL meter_window_energy(
-        s.meter_id, s.seg_from, s.seg_to, $9, $10, $11, $1, $2) AS e
+        s.meter_id, s.seg_from, s.seg_to, $6, $7, $8, $1, $2) AS e
     WHERE NOT s.whole AND s.seg_from < s.seg_to
 ),
 ac AS (
@@ -183,7 +210,7 @@ known AS (
 SELECT k.vehicle_id,
        coalesce(dc.readings, 0) AS readings, coalesce(dc.kwh, 0) AS kwh,
        coalesce(dc.skipped, 0) AS skipped,
-       dc.temp_sum / nullif(dc.readings, 0) AS avg_battery_temp,
+       dc.extra / nullif(dc.readings, 0) AS avg_battery_temp,
        coalesce(ac.meter_ids, '{{}}') AS meter_ids, coalesce(ac.readings, 0) AS meter_readings,
        coalesce(ac.kwh, 0) AS meter_kwh, coalesce(ac.skipped, 0) AS meter_skipped
 FROM known AS k
@@ -192,36 +219,16 @@ LEFT JOIN ac ON ac.vehicle_id = k.vehicle_id
 """  # noqa: S608
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """Which hours of a window come from rollups and which from raw rows."""
-
-    baseline_rollups: tuple[datetime, datetime]
-    window_rollups: tuple[datetime, datetime]
-    raw_start: tuple[datetime, datetime]
-
-    def args(self) -> tuple[datetime, ...]:
-        return (*self.baseline_rollups, *self.window_rollups, *self.raw_start)
-
-
 def _floor_hour(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
-def plan(start: datetime, end: datetime, rolled: datetime | None) -> Plan:
-    """Split [start, end) (and the hour before it) into rolled-up hours and raw ranges.
-
-    `rolled` is the watermark: every hour before it has rollups (None: nothing rolled yet).
-    """
-    before = _floor_hour(start) - HOUR
-    rolled_before = rolled is not None and before + HOUR <= rolled
-    hour_from = _floor_hour(start) if _floor_hour(start) == start else _floor_hour(start) + HOUR
+def plan(start: datetime, end: datetime, rolled: datetime | None) -> tuple[datetime, ...]:
+    """The whole hours of [start, end) answered from rollups, [hour_from, hour_to), and the end
+    of the raw rows before them; `rolled` is the watermark (None: nothing rolled yet)."""
+    hour_from = start if _floor_hour(start) == start else _floor_hour(start) + HOUR
     hour_to = hour_from if rolled is None else max(hour_from, min(_floor_hour(end), rolled))
-    return Plan(
-        baseline_rollups=(before, before + HOUR if rolled_before else before),
-        window_rollups=(hour_from, hour_to),
-        raw_start=(_floor_hour(start) if rolled_before else before, min(hour_from, end)),
-    )
+    return hour_from, hour_to, min(hour_from, end)
 
 
 ROLLED = "SELECT CASE WHEN isfinite(at) THEN at END FROM rollup_watermarks WHERE name = 'rolled'"
@@ -242,7 +249,7 @@ async def fleet_numbers(
             FLEET,
             start,
             end,
-            *plan(start, end, rolled).args(),
+            *plan(start, end, rolled),
             settings.baseline_lookback,
             settings.max_power_kw,
             settings.energy_semantics is EnergySemantics.INTERVAL,

@@ -1,10 +1,26 @@
 -- Fleet analytics and time series (issue 4).
 --
+-- * A rollup now also names the device's reading just before its hour (`prev_at`/`prev_kwh`,
+--   NULL when there is none). The increment into the hour's first reading then needs no
+--   ordering of the pieces: the fleet ranking sums 240,000 rollups of a day with a hash
+--   aggregate instead of sorting them into a window function (EXPLAIN ANALYZE over 10,000
+--   vehicles: about 90 instead of 250 ms a stream). A late reading can change the
+--   predecessor of the next rolled hour of its device: the refresher recomputes it when it
+--   redoes the dirty hour, and until then readers look the predecessor up themselves.
+--   Existing rollups lack the columns' values, so they are dropped: the refresher rebuilds
+--   them from history (analytics read raw rows meanwhile, exactly as before).
 -- * The vehicle window function also returns the SoC range (the rollups always kept it), for
 --   the per-step series. Same arguments, one more pair of columns: dropped and created again.
 -- * Rollups get an index on the hour: the fleet ranking reads one window's hours for every
 --   device at once, a range the (device, hour) primary key cannot serve without reading all
 --   of it. One entry per device-hour, 1/60 of the history's index entries.
+DELETE FROM meter_rollups;
+DELETE FROM vehicle_rollups;
+DELETE FROM rollup_dirty;
+UPDATE rollup_watermarks SET at = '-infinity';
+ALTER TABLE meter_rollups ADD COLUMN prev_at timestamptz, ADD COLUMN prev_kwh double precision;
+ALTER TABLE vehicle_rollups ADD COLUMN prev_at timestamptz, ADD COLUMN prev_kwh double precision;
+
 DROP FUNCTION vehicle_window_energy(text, timestamptz, timestamptz, interval, double precision, boolean);
 
 CREATE INDEX meter_rollups_hour ON meter_rollups (hour);

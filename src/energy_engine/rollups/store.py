@@ -2,7 +2,8 @@
 device-hours that late readings made dirty. See migrations/0003_rollups.sql for the model.
 
 Every aggregation recomputes whole device-hours from raw rows (never adds to a stored rollup),
-so running any step twice, or after a crash, gives the same rollups.
+and looks the reading before each hour up in raw history, so running any step twice, or after a
+crash, gives the same rollups.
 """
 
 from __future__ import annotations
@@ -29,25 +30,39 @@ WITH steps AS (
            EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
     FROM {rows}
     WINDOW w AS (PARTITION BY meter_id, date_trunc('hour', read_at) ORDER BY read_at)
+),
+hours AS (
+    SELECT meter_id, hour, count(*) AS readings, min(read_at) AS first_at,
+           max(read_at) AS last_at,
+           (array_agg(kwh ORDER BY read_at))[1] AS first_kwh,
+           (array_agg(kwh ORDER BY read_at DESC))[1] AS last_kwh,
+           coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL
+                                           AND added * 3600 <= $2 * seconds), 0) AS added_kwh,
+           count(*) FILTER (WHERE added * 3600 > $2 * seconds) AS skipped,
+           sum(voltage) AS voltage_sum, min(voltage) AS voltage_min, max(voltage) AS voltage_max
+    FROM steps
+    GROUP BY meter_id, hour
 )
 INSERT INTO meter_rollups AS u (
     meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-    voltage_sum, voltage_min, voltage_max
+    voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh
 )
-SELECT meter_id, hour, count(*), min(read_at), max(read_at),
-       (array_agg(kwh ORDER BY read_at))[1], (array_agg(kwh ORDER BY read_at DESC))[1],
-       coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL AND added * 3600 <= $2 * seconds), 0),
-       count(*) FILTER (WHERE added * 3600 > $2 * seconds),
-       sum(voltage), min(voltage), max(voltage)
-FROM steps
-GROUP BY meter_id, hour
-ORDER BY meter_id, hour
+SELECT h.*, p.read_at, p.kwh_consumed_ac
+FROM hours AS h
+LEFT JOIN LATERAL (  -- the reading before the hour, however far back
+    SELECT read_at, kwh_consumed_ac
+    FROM meter_readings
+    WHERE meter_id = h.meter_id AND read_at < h.hour
+    ORDER BY read_at DESC
+    LIMIT 1
+) AS p ON true
+ORDER BY h.meter_id, h.hour
 ON CONFLICT (meter_id, hour) DO UPDATE SET
     readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
     added_kwh = excluded.added_kwh, skipped = excluded.skipped,
     voltage_sum = excluded.voltage_sum, voltage_min = excluded.voltage_min,
-    voltage_max = excluded.voltage_max
+    voltage_max = excluded.voltage_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh
 """
 
 _VEHICLE_AGGREGATE = """
@@ -62,26 +77,41 @@ WITH steps AS (
            EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
     FROM {rows}
     WINDOW w AS (PARTITION BY vehicle_id, date_trunc('hour', read_at) ORDER BY read_at)
+),
+hours AS (
+    SELECT vehicle_id, hour, count(*) AS readings, min(read_at) AS first_at,
+           max(read_at) AS last_at,
+           (array_agg(kwh ORDER BY read_at))[1] AS first_kwh,
+           (array_agg(kwh ORDER BY read_at DESC))[1] AS last_kwh,
+           coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL
+                                           AND added * 3600 <= $2 * seconds), 0) AS added_kwh,
+           count(*) FILTER (WHERE added * 3600 > $2 * seconds) AS skipped,
+           sum(battery_temp) AS battery_temp_sum, min(battery_temp) AS battery_temp_min,
+           max(battery_temp) AS battery_temp_max, min(soc) AS soc_min, max(soc) AS soc_max
+    FROM steps
+    GROUP BY vehicle_id, hour
 )
 INSERT INTO vehicle_rollups AS u (
     vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max
+    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh
 )
-SELECT vehicle_id, hour, count(*), min(read_at), max(read_at),
-       (array_agg(kwh ORDER BY read_at))[1], (array_agg(kwh ORDER BY read_at DESC))[1],
-       coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL AND added * 3600 <= $2 * seconds), 0),
-       count(*) FILTER (WHERE added * 3600 > $2 * seconds),
-       sum(battery_temp), min(battery_temp), max(battery_temp), min(soc), max(soc)
-FROM steps
-GROUP BY vehicle_id, hour
-ORDER BY vehicle_id, hour
+SELECT h.*, p.read_at, p.kwh_delivered_dc
+FROM hours AS h
+LEFT JOIN LATERAL (  -- the reading before the hour, however far back
+    SELECT read_at, kwh_delivered_dc
+    FROM vehicle_readings
+    WHERE vehicle_id = h.vehicle_id AND read_at < h.hour
+    ORDER BY read_at DESC
+    LIMIT 1
+) AS p ON true
+ORDER BY h.vehicle_id, h.hour
 ON CONFLICT (vehicle_id, hour) DO UPDATE SET
     readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
     added_kwh = excluded.added_kwh, skipped = excluded.skipped,
     battery_temp_sum = excluded.battery_temp_sum, battery_temp_min = excluded.battery_temp_min,
     battery_temp_max = excluded.battery_temp_max, soc_min = excluded.soc_min,
-    soc_max = excluded.soc_max
+    soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh
 """
 
 # Every reading of a time range ($3, $4): the hours being rolled.
@@ -105,6 +135,36 @@ REDO_METER_HOURS = _METER_AGGREGATE.format(
 )
 REDO_VEHICLE_HOURS = _VEHICLE_AGGREGATE.format(
     rows=_DIRTY_ROWS.format(table="vehicle_readings", device="vehicle_id")
+)
+
+# A late reading may precede the first reading of its device's next rolled hour more closely
+# than that rollup's `prev_at` does: after redoing dirty hours ($1 devices, $2 hours), the next
+# rollup of each device names its predecessor again.
+_REPAIR_NEXT = """
+UPDATE {stream}_rollups AS u
+SET prev_at = p.read_at, prev_kwh = p.{kwh}
+FROM (
+    SELECT DISTINCT d.device_id, n.hour
+    FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
+    CROSS JOIN LATERAL (
+        SELECT min(hour) AS hour
+        FROM {stream}_rollups
+        WHERE {device} = d.device_id AND hour > d.hour
+    ) AS n
+    WHERE n.hour IS NOT NULL
+) AS next
+LEFT JOIN LATERAL (
+    SELECT read_at, {kwh}
+    FROM {stream}_readings
+    WHERE {device} = next.device_id AND read_at < next.hour
+    ORDER BY read_at DESC
+    LIMIT 1
+) AS p ON true
+WHERE u.{device} = next.device_id AND u.hour = next.hour
+"""
+REPAIR_NEXT_METER = _REPAIR_NEXT.format(stream="meter", device="meter_id", kwh="kwh_consumed_ac")
+REPAIR_NEXT_VEHICLE = _REPAIR_NEXT.format(
+    stream="vehicle", device="vehicle_id", kwh="kwh_delivered_dc"
 )
 
 TAKE_DIRTY = """
@@ -204,11 +264,15 @@ async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_00
         dirty = await conn.fetch(TAKE_DIRTY, limit)
         if not dirty:
             return 0
-        for stream, query in (("meter", REDO_METER_HOURS), ("vehicle", REDO_VEHICLE_HOURS)):
+        for stream, redo, repair in (
+            ("meter", REDO_METER_HOURS, REPAIR_NEXT_METER),
+            ("vehicle", REDO_VEHICLE_HOURS, REPAIR_NEXT_VEHICLE),
+        ):
             keys = [(d["device_id"], d["hour"]) for d in dirty if d["stream"] == stream]
             if keys:
                 devices, hours = zip(*keys, strict=True)
-                await conn.execute(query, *_rules(settings), list(devices), list(hours))
+                await conn.execute(redo, *_rules(settings), list(devices), list(hours))
+                await conn.execute(repair, list(devices), list(hours))
         await conn.execute(
             FORGET_DIRTY,
             [d["stream"] for d in dirty],
