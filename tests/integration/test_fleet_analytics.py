@@ -155,7 +155,7 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
                     await write_readings(conn, *part(index, 3))
                     if index < len(cuts):
                         await rollups.refresh(pool, config, day + timedelta(minutes=cuts[index]))
-                everyone = await fleet.fleet_numbers(conn, start, end, config)
+                everyone = await fleet.fleet_numbers(pool, start, end, config)
                 for vehicle in vehicles:
                     alone = await analytics.performance(conn, vehicle, start, end, config)
                     if alone is None:  # never reported, never assigned: not in the fleet
@@ -237,7 +237,7 @@ async def test_a_late_reading_becomes_the_next_rolled_hours_predecessor(
         start, end = at(0, 0), at(3, 0)
 
         async def both() -> tuple[analytics.Performance, analytics.Performance]:
-            everyone = await fleet.fleet_numbers(conn, start, end, settings)
+            everyone = await fleet.fleet_numbers(pool, start, end, settings)
             alone = await analytics.performance(conn, "V-late", start, end, settings)
             assert alone is not None
             return everyone["V-late"], alone

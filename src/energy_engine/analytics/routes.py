@@ -297,8 +297,7 @@ async def fleet_performance(
         start, end = resolve_window(start, end, settings)
         query = _Query(start, end, sort, order, _health_filter(health))
         after = None
-    async with pool.acquire() as conn:
-        numbers = await fleet.fleet_numbers(conn, query.start, query.end, settings)
+    numbers = await fleet.fleet_numbers(pool, query.start, query.end, settings)
     summaries = [summarize(v, found, settings) for v, found in numbers.items()]
     matching = [s for s in summaries if not query.health or s.health in query.health]
     ranked = sorted(

@@ -11,7 +11,7 @@ queries the answers are checked against.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from energy_engine.db import Connection
 from energy_engine.settings import EnergySemantics, Settings
@@ -150,15 +150,18 @@ async def performance(
     )
 
 
-# One row per step of [$2, $3): steps start at UTC hour or day boundaries ($7 '1 hour' or
-# '1 day', $8 'hour' or 'day'), the first and last cut to the window. Each step is its own
+# One row per step of [$2, $3): steps start at UTC hour or day boundaries ($7 one hour or
+# one day, $8 'hour' or 'day'), the first and last cut to the window. Each step is its own
 # window, answered by the same functions as the report (so a step's numbers are what the
 # report says for that step): DC side, SoC range, and AC over the meters assigned during it.
 SERIES = """
 WITH steps AS (
     SELECT greatest(b, $2) AS step_from, least(b + $7::interval, $3) AS step_to
-    FROM generate_series(date_trunc($8, $2, 'UTC'), $3 - interval '1 microsecond', $7::interval)
-        AS b
+    FROM generate_series(
+        date_trunc($8::text, $2::timestamptz, 'UTC'),
+        $3::timestamptz - interval '1 microsecond',
+        $7::interval
+    ) AS b
 )
 SELECT s.step_from, s.step_to,
        dc.readings, dc.kwh, dc.skipped,
@@ -205,7 +208,8 @@ async def series(
     settings: Settings,
 ) -> list[Step]:
     """The vehicle's window in steps of one `step` ('hour' or 'day')."""
-    rows = await conn.fetch(SERIES, vehicle_id, start, end, *_args(settings), f"1 {step}", step)
+    length = timedelta(hours=1) if step == "hour" else timedelta(days=1)
+    rows = await conn.fetch(SERIES, vehicle_id, start, end, *_args(settings), length, step)
     return [
         Step(
             r["step_from"],

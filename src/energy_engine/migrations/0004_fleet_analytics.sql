@@ -23,6 +23,13 @@ ALTER TABLE vehicle_rollups ADD COLUMN prev_at timestamptz, ADD COLUMN prev_kwh 
 
 DROP FUNCTION vehicle_window_energy(text, timestamptz, timestamptz, interval, double precision, boolean);
 
+-- Read-only functions: PARALLEL SAFE lets a statement that calls them (the fleet's AC side)
+-- still aggregate rollups with parallel workers; a function left at the default (unsafe)
+-- rules out parallel plans for the whole statement.
+ALTER FUNCTION meter_window_energy(
+    text, timestamptz, timestamptz, interval, double precision, boolean, timestamptz, timestamptz
+) PARALLEL SAFE;
+
 CREATE INDEX meter_rollups_hour ON meter_rollups (hour);
 CREATE INDEX vehicle_rollups_hour ON vehicle_rollups (hour);
 
@@ -36,7 +43,7 @@ CREATE FUNCTION vehicle_window_energy(
     readings bigint, kwh double precision, skipped bigint, battery_temp_sum double precision,
     soc_min real, soc_max real
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
 WITH bounds AS (
     SELECT hour_from,
            greatest(hour_from, least(date_trunc('hour', window_to), rolled)) AS hour_to
