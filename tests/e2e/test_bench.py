@@ -27,8 +27,8 @@ def test_quick_bench_writes_every_scenario(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     page = out.read_text()
-    rows = re.findall(r"^\| (\d) \|", page, flags=re.MULTILINE)
-    assert rows == [str(n) for n in range(1, 8)]
+    rows = re.findall(r"^\| (\d+) \|", page, flags=re.MULTILINE)
+    assert rows == [str(n) for n in range(1, 11)]
     assert "- Git revision: " in page and "- Machine: " in page
     # After each ingest scenario the bench counted in SQL what the server acknowledged.
     checks = re.findall(r"([\d,]+) acknowledged, ([\d,]+) stored", page)

@@ -288,9 +288,6 @@ async def fleet_numbers(
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             await conn.execute("SET LOCAL work_mem = '64MB'")
-            # JIT compiling these statements' hundreds of expressions took longer than
-            # running them (EXPLAIN ANALYZE: 235 ms of JIT in a 4 s statement).
-            await conn.execute("SET LOCAL jit = off")
             rolled = await conn.fetchval(ROLLED)
             args = (
                 start,

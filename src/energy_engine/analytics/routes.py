@@ -72,23 +72,50 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def summarize(vehicle_id: str, found: Performance, settings: Settings) -> VehicleSummary:
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A vehicle's rounded report numbers and health; light enough to rank a whole fleet."""
+
+    vehicle_id: str
+    found: Performance
+    ac_kwh: float | None
+    dc_kwh: float
+    loss_kwh: float | None
+    efficiency: float | None
+    health: Health
+
+
+def figures(vehicle_id: str, found: Performance, settings: Settings) -> Figures:
     """The report's numbers for one vehicle's window, rounded, with its health class."""
-    dc = found.dc
+    dc = found.dc.kwh
     # AC is known only where an assigned meter reported in the window.
     ac = found.meter_kwh if found.meter_readings else None
-    efficiency = dc.kwh / ac if ac else None
+    efficiency = dc / ac if ac else None
+    return Figures(
+        vehicle_id,
+        found,
+        _round(ac, 6),
+        round(dc, 6),
+        None if ac is None else round(ac - dc, 6),
+        _round(efficiency, 4),
+        judge(ac, efficiency, settings),  # on the unrounded efficiency
+    )
+
+
+def summarize(f: Figures) -> VehicleSummary:
+    """The report body for one vehicle."""
+    dc = f.found.dc
     return VehicleSummary(
-        vehicle_id=vehicle_id,
-        ac_consumed_kwh=_round(ac, 6),
-        dc_delivered_kwh=round(dc.kwh, 6),
-        loss_kwh=None if ac is None else round(ac - dc.kwh, 6),
-        efficiency=_round(efficiency, 4),
+        vehicle_id=f.vehicle_id,
+        ac_consumed_kwh=f.ac_kwh,
+        dc_delivered_kwh=f.dc_kwh,
+        loss_kwh=f.loss_kwh,
+        efficiency=f.efficiency,
         avg_battery_temp=_round(dc.avg_battery_temp, 2),
-        readings=StreamCounts(vehicle=dc.readings, meter=found.meter_readings),
-        meter_ids=list(dict.fromkeys(found.meter_ids)),
-        health=judge(ac, efficiency, settings),
-        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=found.meter_skipped),
+        readings=StreamCounts(vehicle=dc.readings, meter=f.found.meter_readings),
+        meter_ids=list(dict.fromkeys(f.found.meter_ids)),
+        health=f.health,
+        skipped_intervals=StreamCounts(vehicle=dc.skipped, meter=f.found.meter_skipped),
     )
 
 
@@ -116,7 +143,7 @@ async def vehicle_performance(
         found = await store.performance(conn, vehicle_id, start, end, settings)
     if found is None:
         raise not_found("vehicle", vehicle_id)
-    summary = summarize(vehicle_id, found, settings)
+    summary = summarize(figures(vehicle_id, found, settings))
     return _json(PerformanceReport(**dict(summary), from_=start, to=end))
 
 
@@ -232,12 +259,12 @@ def _decode_cursor(cursor: str) -> tuple[_Query, float | None, str]:
     return query, (None if value is None else float(value)), vehicle_id
 
 
-def _sort_value(summary: VehicleSummary, sort: FleetSort) -> float | None:
+def _sort_value(f: Figures, sort: FleetSort) -> float | None:
     if sort is FleetSort.EFFICIENCY:
-        return summary.efficiency
+        return f.efficiency
     if sort is FleetSort.LOSS_KWH:
-        return summary.loss_kwh
-    return summary.dc_delivered_kwh
+        return f.loss_kwh
+    return f.dc_kwh
 
 
 def _sort_key(value: float | None, vehicle_id: str, order: Order) -> tuple[bool, float, str]:
@@ -247,17 +274,17 @@ def _sort_key(value: float | None, vehicle_id: str, order: Order) -> tuple[bool,
     return (False, value if order is Order.ASC else -value, vehicle_id)
 
 
-def _totals(summaries: list[VehicleSummary]) -> FleetTotals:
-    with_ac = [s for s in summaries if s.ac_consumed_kwh is not None]
-    ac = sum(s.ac_consumed_kwh or 0.0 for s in with_ac)
-    dc_with_ac = sum(s.dc_delivered_kwh for s in with_ac)
+def _totals(fleet: list[Figures]) -> FleetTotals:
+    with_ac = [f for f in fleet if f.ac_kwh is not None]
+    ac = sum(f.ac_kwh or 0.0 for f in with_ac)
+    dc_with_ac = sum(f.dc_kwh for f in with_ac)
     counts = dict.fromkeys(Health, 0)
-    for s in summaries:
-        counts[s.health] += 1
+    for f in fleet:
+        counts[f.health] += 1
     return FleetTotals(
-        vehicles=len(summaries),
+        vehicles=len(fleet),
         ac_consumed_kwh=round(ac, 6),
-        dc_delivered_kwh=round(sum(s.dc_delivered_kwh for s in summaries), 6),
+        dc_delivered_kwh=round(sum(f.dc_kwh for f in fleet), 6),
         loss_kwh=round(ac - dc_with_ac, 6),
         efficiency=round(dc_with_ac / ac, 4) if ac else None,
         health=counts,
@@ -298,15 +325,16 @@ async def fleet_performance(
         query = _Query(start, end, sort, order, _health_filter(health))
         after = None
     numbers = await fleet.fleet_numbers(pool, query.start, query.end, settings)
-    summaries = [summarize(v, found, settings) for v, found in numbers.items()]
-    matching = [s for s in summaries if not query.health or s.health in query.health]
+    # Ranked on light figures; only the page becomes response models.
+    every = [figures(v, found, settings) for v, found in numbers.items()]
+    matching = [f for f in every if not query.health or f.health in query.health]
     ranked = sorted(
-        ((_sort_key(_sort_value(s, query.sort), s.vehicle_id, query.order), s) for s in matching),
+        ((_sort_key(_sort_value(f, query.sort), f.vehicle_id, query.order), f) for f in matching),
         key=lambda pair: pair[0],
     )
     if after is not None:
         ranked = [pair for pair in ranked if pair[0] > after]
-    page = [s for _, s in ranked[:limit]]
+    page = [f for _, f in ranked[:limit]]
     last = page[-1] if page else None
     return _json(
         FleetReport(
@@ -315,9 +343,9 @@ async def fleet_performance(
             sort=query.sort,
             order=query.order,
             health=list(query.health),
-            totals=_totals(summaries),
+            totals=_totals(every),
             matching=len(matching),
-            vehicles=page,
+            vehicles=[summarize(f) for f in page],
             next_cursor=(
                 _encode_cursor(query, _sort_value(last, query.sort), last.vehicle_id)
                 if last is not None and len(ranked) > limit

@@ -1,4 +1,4 @@
-"""The benchmark scenarios of issue 3, run in order on one machine, and their targets.
+"""The benchmark scenarios of issues 3 and 4, run in order on one machine, and their targets.
 
 Everything runs on a PostgreSQL of the benchmark's own (the embedded one in a temporary
 directory unless `--database-url` names a server): scenario 1 in a database of its own, the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import httpx
 from rich.console import Console
 
 from energy_engine import db
+from energy_engine.bench import fleet
 from energy_engine.bench.harness import (
     WrkRun,
     engine,
@@ -59,6 +61,8 @@ class Options:
     history_factor: int = 10
     open_rate: float = 333.0  # requests/s of 100 readings: 33,300 readings/s
     workers: int = 1
+    fleet_size: int = 10_000  # meters and vehicles × 24 h for the fleet ranking (8 to 10)
+    fleet_requests: int = 15
 
     @classmethod
     def quick(cls, scripts: Path, work: Path, database_url: str | None = None) -> Options:
@@ -76,6 +80,8 @@ class Options:
             fleet=20,
             history_factor=3,
             open_rate=50.0,
+            fleet_size=50,
+            fleet_requests=3,
         )
 
 
@@ -130,12 +136,18 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
                 rows.append(_analytics(wrk, base, url, options, say))
                 rows.append(import_row)
             rows.append(asyncio.run(_storage(url)))
+            asyncio.run(
+                db.run_statements(admin_url, f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
+            )
+            batch_rate = float(rows[1].measured.split()[0].replace(",", ""))
+            rows += _fleet(wrk, admin_url, f"bench_fleet_{suffix}", options, batch_rate, say)
         finally:
             asyncio.run(
                 db.run_statements(
                     admin_url,
                     f"DROP DATABASE IF EXISTS {raw_db} WITH (FORCE)",
                     f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)",
+                    f"DROP DATABASE IF EXISTS bench_fleet_{suffix} WITH (FORCE)",
                 )
             )
     return sorted(rows, key=lambda row: row.number), version
@@ -597,3 +609,91 @@ async def _storage(url: str) -> Row:
             for t, s in sizes.items()
         ],
     )
+
+
+# --- 8, 9, 10. fleet analytics over rollups (issue 4) ------------------------------------------
+
+
+def _fleet(
+    wrk: str, admin_url: str, name: str, options: Options, batch_rate: float, say: Say
+) -> list[Row]:
+    asyncio.run(db.run_statements(admin_url, f"CREATE DATABASE {name}"))
+    url = db.with_database(admin_url, name)
+    size = options.fleet_size
+    say(f"scenarios 8-10: {size:,} meters and {size:,} vehicles × 24 h, written by SQL")
+    fleet.migrate(url)
+    began = time.perf_counter()
+    readings = asyncio.run(fleet.write_history(url, size))
+    say(f"  {readings:,} readings in {time.perf_counter() - began:.0f} s; rolling them up")
+    rolled_in = asyncio.run(fleet.roll_up(url))
+    roll_rate = readings / rolled_in
+    say(f"  rolled up in {rolled_in:.1f} s ({roll_rate:,.0f} readings/s)")
+    measured = fleet.measure(
+        wrk,
+        options.scripts,
+        url,
+        options.work / "engine-fleet.log",
+        fleet=size,
+        requests=options.fleet_requests,
+        repeat=options.repeat,
+        seconds=options.analytics_seconds,
+    )
+    aligned = statistics.median(measured.aligned)
+    say(f"  fleet ranking: {fleet.summary_line(measured.aligned)}")
+    month = median_run(measured.month)
+    say(f"  30-day summaries: {month.per_second:,.0f} req/s, p99 {month.p99_ms:.1f} ms")
+    # Upkeep: rolling a reading up costs 1/roll_rate s of the database, writing it through
+    # the API 1/batch_rate s; at the ingest ceiling, that share of the time goes to rollups.
+    upkeep = batch_rate / (batch_rate + roll_rate)
+    long = min(size, fleet.LONG_HISTORY_VEHICLES)
+    errors = sum(r.status_errors + r.socket_errors for r in measured.month)
+    return [
+        Row(
+            8,
+            f"Fleet ranking `GET /v1/analytics/fleet`, {size:,} vehicles × 24 h "
+            f"({size * 1440:,} vehicle + {size * 1440:,} meter readings in the window), "
+            "whole-hour window, sequential requests",
+            "p50 ≤ 300 ms",
+            f"p50 {aligned:.0f} ms, p90 {fleet.percentile(measured.aligned, 0.9):.0f} ms",
+            aligned <= 300,
+            [
+                f"whole-hour day: {fleet.summary_line(measured.aligned)}",
+                "a day starting at half past (raw edges for every device): "
+                + fleet.summary_line(measured.shifted),
+                f"the data: {readings:,} readings in all, rolled up in {rolled_in:.1f} s",
+            ],
+        ),
+        Row(
+            9,
+            f"Per-vehicle 30-day summary `GET /v1/analytics/performance/{{id}}?from&to` "
+            f"(30 days ending at half past an hour), {long} vehicles with 30 days of "
+            "history; 10 connections",
+            "p99 ≤ 20 ms",
+            f"{month.per_second:,.0f} req/s, p50 {month.p50_ms:.1f} ms, p99 {month.p99_ms:.1f} ms",
+            month.p99_ms <= 20 and errors == 0,
+            [
+                _runs_line(measured.month, 1),
+                f"{errors} errors",
+                "30 daily points of `/series` for one vehicle: "
+                + fleet.summary_line(measured.series),
+            ],
+        ),
+        Row(
+            10,
+            "Rollup upkeep: share of ingest throughput spent rolling readings up",
+            "≤ 25 %",
+            f"{upkeep:.0%}",
+            upkeep <= 0.25,
+            [
+                f"rolling up {readings:,} readings took {rolled_in:.1f} s: "
+                f"{roll_rate:,.0f} readings/s",
+                f"batch ingest through the API (scenario 2): {batch_rate:,.0f} readings/s",
+                "ingesting and rolling up each reading at those rates spends "
+                f"{upkeep:.0%} of the time on the rollup: ingest with rollups runs at "
+                f"{1 / (1 / batch_rate + 1 / roll_rate):,.0f} instead of {batch_rate:,.0f} "
+                "readings/s",
+                "the write statement's own share (a dirty mark for readings older than the "
+                "sealed hour) is inside scenarios 1 and 2",
+            ],
+        ),
+    ]
