@@ -371,7 +371,7 @@ def import_problems(tmp_path: Path, item: Any) -> list[tuple[str | None, str]]:
 @pytest.mark.parametrize(
     "change",
     [
-        {"timestamp": iso(minute_ago(0) + timedelta(minutes=10))},
+        {"timestamp": iso(minute_ago(0) + timedelta(days=1))},  # ahead however long the run
         {"timestamp": iso(minute_ago(0) - timedelta(days=31))},
         {"timestamp": "2026-01-01T10:00:00"},
         {"timestamp": 1700000000},
