@@ -43,6 +43,30 @@ def cloned_database(postgres_url: str, template: str, prefix: str) -> Iterator[s
         asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+RulesDatabase = Callable[[Settings], str]
+
+
+@pytest.fixture(scope="module")
+def rules_database(
+    request: pytest.FixtureRequest, postgres_url: str, template_database: str
+) -> Iterator[RulesDatabase]:
+    """The module's database for a set of energy rules, cloned on first use: rollups are
+    computed for one set, and other rules would drop them (rollups.match_rules)."""
+    made: dict[str, str] = {}
+    prefix = request.module.__name__.rsplit(".", 1)[-1]
+
+    def database(config: Settings) -> str:
+        name = f"{prefix}_{config.energy_semantics.value}_{int(config.max_power_kw)}"
+        if name not in made:
+            asyncio.run(admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
+            made[name] = with_database(postgres_url, name)
+        return made[name]
+
+    yield database
+    for name in made:
+        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An administrative URL of the PostgreSQL server the tests run against."""

@@ -28,6 +28,14 @@ else:
     Pool = asyncpg.Pool
     Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+
+def as_sent(value: float) -> float:
+    """A sensor value as sent: history stores these as `real` (migration 0002) and hands the
+    hot row the stored value, so 230.9 comes back as 230.89999389648438. Seven significant
+    digits is what a `real` holds and far more than the sensors resolve."""
+    return float(f"{value:.7g}")
+
+
 # Arbitrary but fixed key: every engine process migrates under this one advisory lock.
 MIGRATION_LOCK_KEY = 0x656E6572677931
 

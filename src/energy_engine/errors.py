@@ -51,6 +51,11 @@ def not_found(what: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} {ident!r} is unknown")
 
 
+def invalid_request(field: str, reason: str, message: str) -> ApiError:
+    """422 for one bad query parameter."""
+    return ApiError(422, "invalid_request", message, [ErrorItem(field=field, reason=reason)])
+
+
 def _render(exc: ApiError) -> Response:
     return Response(
         exc.body.model_dump_json(by_alias=True),

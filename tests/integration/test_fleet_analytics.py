@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,30 +22,13 @@ from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import EnergySemantics, Settings
-from tests.conftest import admin, with_database
+from tests.conftest import RulesDatabase
 
 # Each example gets a day of its own, later than the one before: watermarks only move forward.
 FIRST_DAY = (datetime.now(UTC) - timedelta(days=300)).replace(
     hour=0, minute=0, second=0, microsecond=0
 )
 _examples = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def rule_databases(postgres_url: str, template_database: str) -> Iterator[dict[str, str]]:
-    """A database per set of energy rules (rollups are computed for one set), made on demand."""
-    made: dict[str, str] = {}
-    yield made
-    for name in made:
-        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-def _database(made: dict[str, str], postgres_url: str, template: str, config: Settings) -> str:
-    key = f"energy_fleet_{config.energy_semantics.value}_{int(config.max_power_kw)}"
-    if key not in made:
-        asyncio.run(admin(postgres_url, f"CREATE DATABASE {key} TEMPLATE {template}"))
-        made[key] = with_database(postgres_url, key)
-    return made[key]
 
 
 arrivals = st.lists(
@@ -70,9 +52,7 @@ arrivals = st.lists(
     lookback_minutes=st.sampled_from([5, 90, 10_000]),
 )
 def test_every_vehicle_of_the_fleet_gets_its_own_report(
-    rule_databases: dict[str, str],
-    postgres_url: str,
-    template_database: str,
+    rules_database: RulesDatabase,
     streams: list[list[tuple[int, float]]],
     switch_minute: int,
     cuts: list[int],
@@ -88,7 +68,7 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
         max_power_kw=max_power_kw,
         baseline_lookback=timedelta(minutes=lookback_minutes),
     )
-    url = _database(rule_databases, postgres_url, template_database, config)
+    url = rules_database(config)
     example = next(_examples)
     day = FIRST_DAY + timedelta(days=example)
     tag = f"{example}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -19,7 +18,7 @@ from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import EnergySemantics, Settings
-from tests.conftest import admin, with_database
+from tests.conftest import RulesDatabase
 from tests.reference_sql import RAW_METER_WINDOWS, RAW_VEHICLE_WINDOW
 
 # Each example gets a day of its own, later than the one before: watermarks only move forward.
@@ -27,23 +26,6 @@ FIRST_DAY = (datetime.now(UTC) - timedelta(days=400)).replace(
     hour=0, minute=0, second=0, microsecond=0
 )
 _examples = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def rule_databases(postgres_url: str, template_database: str) -> Iterator[dict[str, str]]:
-    """A database per set of energy rules (rollups are computed for one set), made on demand."""
-    made: dict[str, str] = {}
-    yield made
-    for name in made:
-        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-
-
-def _database(made: dict[str, str], postgres_url: str, template: str, config: Settings) -> str:
-    key = f"energy_rollup_{config.energy_semantics.value}_{int(config.max_power_kw)}"
-    if key not in made:
-        asyncio.run(admin(postgres_url, f"CREATE DATABASE {key} TEMPLATE {template}"))
-        made[key] = with_database(postgres_url, key)
-    return made[key]
 
 
 def _readings(
@@ -118,9 +100,7 @@ streams = st.lists(
     lookback_minutes=st.sampled_from([5, 10_000]),
 )
 def test_rollup_answers_equal_raw_history_and_the_pure_module(
-    rule_databases: dict[str, str],
-    postgres_url: str,
-    template_database: str,
+    rules_database: RulesDatabase,
     arrivals: list[tuple[int, float]],
     cuts: list[int],
     start_minute: int,
@@ -135,7 +115,7 @@ def test_rollup_answers_equal_raw_history_and_the_pure_module(
         max_power_kw=max_power_kw,
         baseline_lookback=timedelta(minutes=lookback_minutes),
     )
-    url = _database(rule_databases, postgres_url, template_database, config)
+    url = rules_database(config)
     example = next(_examples)
     day = FIRST_DAY + timedelta(days=example)
     device = str(example)

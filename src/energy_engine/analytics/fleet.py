@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from asyncpg import Record
 
 from energy_engine.analytics.store import Performance, VehicleWindow
-from energy_engine.db import Pool
+from energy_engine.db import Connection, Pool
+from energy_engine.rollups import store as rollups
 from energy_engine.settings import EnergySemantics, Settings
 
 HOUR = timedelta(hours=1)
@@ -272,7 +273,27 @@ def plan(start: datetime, end: datetime, rolled: datetime | None) -> tuple[datet
     return hour_from, hour_to, min(hour_from, end)
 
 
-ROLLED = "SELECT CASE WHEN isfinite(at) THEN at END FROM rollup_watermarks WHERE name = 'rolled'"
+# Custom plans: the statements run for many milliseconds, and knowing the window prunes
+# partitions while planning. Hash aggregates over a fleet need more than the default 4 MB.
+# Both in one round trip.
+_SESSION = "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '64MB'"
+
+
+async def prepare(
+    conn: Connection, start: datetime, end: datetime, settings: Settings
+) -> tuple[object, ...]:
+    """Inside a transaction: set the fleet statements up and return their arguments
+    (VEHICLE_SIDE's; METER_SIDE takes the baseline lookback after them)."""
+    await conn.execute(_SESSION)
+    rolled = (await rollups.watermarks(conn))["rolled"]
+    return (
+        start,
+        end,
+        *plan(start, end, rolled),
+        settings.max_power_kw,
+        settings.energy_semantics is EnergySemantics.INTERVAL,
+        start - settings.baseline_lookback,
+    )
 
 
 async def fleet_numbers(
@@ -280,23 +301,11 @@ async def fleet_numbers(
 ) -> dict[str, Performance]:
     """Every known vehicle's window [start, end), by vehicle id."""
     async with pool.acquire() as conn:
-        # One snapshot for the watermark and the rollups it vouches for. Custom plans: the
-        # statements run for many milliseconds, and knowing the window prunes partitions
-        # while planning. Hash aggregates over a fleet need more than the default 4 MB.
-        # (Running the two sides at once on two connections was slower: each side's
-        # aggregate already uses the two cores through parallel workers.)
+        # One snapshot for the watermark and the rollups it vouches for. (Running the two
+        # sides at once on two connections was slower: each side's aggregate already uses
+        # the two cores through parallel workers.)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-            await conn.execute("SET LOCAL work_mem = '64MB'")
-            rolled = await conn.fetchval(ROLLED)
-            args = (
-                start,
-                end,
-                *plan(start, end, rolled),
-                settings.max_power_kw,
-                settings.energy_semantics is EnergySemantics.INTERVAL,
-                start - settings.baseline_lookback,
-            )
+            args = await prepare(conn, start, end, settings)
             dc_rows = await conn.fetch(VEHICLE_SIDE, *args)
             ac_rows = await conn.fetch(METER_SIDE, *args, settings.baseline_lookback)
     dc = {r["vehicle_id"]: r for r in dc_rows}

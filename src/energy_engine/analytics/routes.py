@@ -28,8 +28,9 @@ from energy_engine.analytics.models import (
     judge,
 )
 from energy_engine.analytics.store import Performance
+from energy_engine.db import as_sent
 from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep
-from energy_engine.errors import ApiError, ErrorBody, ErrorItem, not_found
+from energy_engine.errors import ErrorBody, invalid_request, not_found
 from energy_engine.settings import Settings
 
 router = APIRouter(tags=["analytics"])
@@ -43,27 +44,16 @@ def resolve_window(
     """[from, to) from the query: `to` defaults to now, `from` to one default window before."""
     for name, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:
-            raise ApiError(
-                422,
-                "invalid_request",
-                "times need a UTC offset",
-                [ErrorItem(field=name, reason="add a UTC offset such as Z or +01:00")],
+            raise invalid_request(
+                name, "add a UTC offset such as Z or +01:00", "times need a UTC offset"
             )
     end = end or datetime.now(UTC)
     start = start or end - settings.default_window
     if start >= end:
-        raise ApiError(
-            422,
-            "invalid_request",
-            "from must be before to",
-            [ErrorItem(field="from", reason="not before to")],
-        )
+        raise invalid_request("from", "not before to", "from must be before to")
     if end - start > settings.max_window:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"the window may span at most {settings.max_window}",
-            [ErrorItem(field="from", reason="window too long")],
+        raise invalid_request(
+            "from", "window too long", f"the window may span at most {settings.max_window}"
         )
     return start, end
 
@@ -172,20 +162,19 @@ async def vehicle_series(
         )
     points = []
     for s in steps:
-        ac = s.meter_kwh if s.meter_readings else None
-        efficiency = s.dc.kwh / ac if ac else None
+        f = figures(vehicle_id, s.found, settings)
         points.append(
             SeriesPoint(
                 from_=s.start,
                 to=s.end,
-                ac_consumed_kwh=_round(ac, 6),
-                dc_delivered_kwh=round(s.dc.kwh, 6),
-                loss_kwh=None if ac is None else round(ac - s.dc.kwh, 6),
-                efficiency=_round(efficiency, 4),
-                avg_battery_temp=_round(s.dc.avg_battery_temp, 2),
-                soc_min=None if s.soc_min is None else float(f"{s.soc_min:.7g}"),
-                soc_max=None if s.soc_max is None else float(f"{s.soc_max:.7g}"),
-                readings=StreamCounts(vehicle=s.dc.readings, meter=s.meter_readings),
+                ac_consumed_kwh=f.ac_kwh,
+                dc_delivered_kwh=f.dc_kwh,
+                loss_kwh=f.loss_kwh,
+                efficiency=f.efficiency,
+                avg_battery_temp=_round(s.found.dc.avg_battery_temp, 2),
+                soc_min=None if s.soc_min is None else as_sent(s.soc_min),
+                soc_max=None if s.soc_max is None else as_sent(s.soc_max),
+                readings=StreamCounts(vehicle=s.found.dc.readings, meter=s.found.meter_readings),
             )
         )
     return _json(
@@ -204,10 +193,6 @@ class _Query:
     health: tuple[Health, ...]
 
 
-def _bad(field: str, reason: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message, [ErrorItem(field=field, reason=reason)])
-
-
 def _health_filter(values: list[str] | None) -> tuple[Health, ...]:
     """`health=critical,warning` or `health=critical&health=warning`."""
     wanted: list[Health] = []
@@ -217,7 +202,7 @@ def _health_filter(values: list[str] | None) -> tuple[Health, ...]:
         try:
             wanted.append(Health(part.strip()))
         except ValueError:
-            raise _bad(
+            raise invalid_request(
                 "health",
                 f"{part.strip()!r} is not one of {', '.join(h.value for h in Health)}",
                 "unknown health class",
@@ -253,7 +238,7 @@ def _decode_cursor(cursor: str) -> tuple[_Query, float | None, str]:
         if not (value is None or isinstance(value, int | float)) or not isinstance(vehicle_id, str):
             raise ValueError(cursor)
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        raise _bad(
+        raise invalid_request(
             "cursor", "pass nextCursor from the previous page", "the cursor is not one we gave out"
         ) from None
     return query, (None if value is None else float(value)), vehicle_id

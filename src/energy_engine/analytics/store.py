@@ -186,17 +186,14 @@ ORDER BY s.step_from
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
-    """One step of a series: both sides of [start, end)."""
+class StepWindow:
+    """One step of a series: its window and both sides of it, like a report."""
 
     start: datetime
     end: datetime
-    dc: VehicleWindow
+    found: Performance  # meter_ids left empty: a point names no meters
     soc_min: float | None
     soc_max: float | None
-    meter_readings: int
-    meter_kwh: float
-    meter_skipped: int
 
 
 async def series(
@@ -206,20 +203,23 @@ async def series(
     end: datetime,
     step: str,
     settings: Settings,
-) -> list[Step]:
+) -> list[StepWindow]:
     """The vehicle's window in steps of one `step` ('hour' or 'day')."""
     length = timedelta(hours=1) if step == "hour" else timedelta(days=1)
     rows = await conn.fetch(SERIES, vehicle_id, start, end, *_args(settings), length, step)
     return [
-        Step(
+        StepWindow(
             r["step_from"],
             r["step_to"],
-            VehicleWindow(r["readings"], r["kwh"], r["skipped"], r["avg_battery_temp"]),
+            Performance(
+                dc=VehicleWindow(r["readings"], r["kwh"], r["skipped"], r["avg_battery_temp"]),
+                meter_ids=[],
+                meter_readings=r["meter_readings"],
+                meter_kwh=r["meter_kwh"],
+                meter_skipped=r["meter_skipped"],
+            ),
             r["soc_min"],
             r["soc_max"],
-            r["meter_readings"],
-            r["meter_kwh"],
-            r["meter_skipped"],
         )
         for r in rows
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from energy_engine import db
 from energy_engine.analytics import fleet, store
-from energy_engine.settings import EnergySemantics, Settings
+from energy_engine.settings import Settings
 
 
 async def _explain(conn: db.Connection, query: str, *args: object) -> str:
@@ -63,18 +63,7 @@ async def render(url: str, day: datetime, vehicle: str) -> str:
                 )
             )
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                await conn.execute("SET LOCAL work_mem = '64MB'")
-                rolled = await conn.fetchval(fleet.ROLLED)
-                start, stop = day, day + timedelta(days=1)
-                common = (
-                    start,
-                    stop,
-                    *fleet.plan(start, stop, rolled),
-                    settings.max_power_kw,
-                    settings.energy_semantics is EnergySemantics.INTERVAL,
-                    start - settings.baseline_lookback,
-                )
+                common = await fleet.prepare(conn, day, day + timedelta(days=1), settings)
                 sections.append(
                     (
                         "Fleet ranking, DC side (whole-hour day)",

@@ -235,13 +235,18 @@ async def seal(conn: Connection, until: datetime) -> None:
     await conn.execute(SEAL, until)
 
 
+async def watermarks(conn: Connection) -> dict[str, datetime | None]:
+    """`sealed` and `rolled`; None while nothing is sealed or rolled."""
+    return {r["name"]: r["at"] for r in await conn.fetch(WATERMARKS)}
+
+
 async def roll(conn: Connection, settings: Settings, *, max_hours: int = 24) -> datetime | None:
     """Aggregate up to `max_hours` sealed hours; returns the new `rolled`, None if idle or
     another process holds the refresh lock."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_KEY):
             return None
-        marks = {r["name"]: r["at"] for r in await conn.fetch(WATERMARKS)}
+        marks = await watermarks(conn)
         rolled, sealed = marks["rolled"], marks["sealed"]
         if rolled is None:  # never rolled: start at the oldest partition
             rolled = await conn.fetchval(OLDEST_DAY)

@@ -8,21 +8,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from energy_engine.db import as_sent
 from energy_engine.deps import PoolDep, SettingsDep
 from energy_engine.energy import Reading, power_kw
-from energy_engine.errors import ApiError, ErrorBody, ErrorItem, not_found
+from energy_engine.errors import ErrorBody, invalid_request, not_found
 from energy_engine.settings import EnergySemantics, Settings
 from energy_engine.status import store
 from energy_engine.status.models import FleetStatus, MeterStatus, StaleDevice, VehicleStatus
 
 router = APIRouter(tags=["status"], responses={404: {"model": ErrorBody}})
-
-
-def _sensor(value: float) -> float:
-    """A sensor value as sent: history stores these as `real` (migration 0002) and hands the
-    hot row the stored value, so 230.9 arrives here as 230.89999389648438. Seven significant
-    digits is what a `real` holds and far more than the sensors resolve."""
-    return float(f"{value:.7g}")
 
 
 def _online(read_at: datetime, settings: Settings) -> bool:
@@ -54,9 +48,9 @@ async def vehicle_status(vehicle_id: str, pool: PoolDep, settings: SettingsDep) 
     )
     return VehicleStatus(
         vehicle_id=row["vehicle_id"],
-        soc=_sensor(row["soc"]),
+        soc=as_sent(row["soc"]),
         kwh_delivered_dc=row["kwh_delivered_dc"],
-        battery_temp=_sensor(row["battery_temp"]),
+        battery_temp=as_sent(row["battery_temp"]),
         timestamp=row["read_at"],
         received_at=row["received_at"],
         power_kw=power,
@@ -77,7 +71,7 @@ async def meter_status(meter_id: str, pool: PoolDep, settings: SettingsDep) -> M
     return MeterStatus(
         meter_id=row["meter_id"],
         kwh_consumed_ac=row["kwh_consumed_ac"],
-        voltage=_sensor(row["voltage"]),
+        voltage=as_sent(row["voltage"]),
         timestamp=row["read_at"],
         received_at=row["received_at"],
         power_kw=_power(
@@ -104,11 +98,10 @@ def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
         at, kind, device = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 2)
         return datetime.fromisoformat(at), kind, device
     except ValueError:
-        raise ApiError(
-            422,
-            "invalid_request",
+        raise invalid_request(
+            "cursor",
+            "pass nextCursor from the previous page",
             "the cursor is not one this API gave out",
-            [ErrorItem(field="cursor", reason="pass nextCursor from the previous page")],
         ) from None
 
 
