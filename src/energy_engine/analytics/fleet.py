@@ -16,7 +16,7 @@ so every vehicle's numbers equal what `GET /v1/analytics/performance/{id}` answe
 same window (tests/integration/test_fleet_analytics.py checks that on random streams).
 Meters count for a vehicle over the
 part of the window they were assigned to it; the few assignments that start or end inside the
-window go through `meter_window_energy` one by one.
+window go through `meter_segment_energy` one by one.
 """
 
 from __future__ import annotations
@@ -64,16 +64,19 @@ _SUMS = """sum(readings) AS readings,
            sum(extra) AS extra"""
 
 _TOTALS = """
+-- The increment into each rollup's first reading is stored with it (migrations/0005): counted
+-- when its predecessor is within the window or the baseline lookback.
 {stream}_settled AS (
-    SELECT device, {sums}
-    FROM (
-        SELECT u.{device} AS device, u.readings, u.added_kwh AS added, u.skipped,
-               {rollup_extra},
-               {rollup_step}
-        FROM {stream}_rollups AS u
-        WHERE u.hour >= $3 AND u.hour < $4
-    ) AS steps
-    GROUP BY device
+    SELECT u.{device} AS device, sum(u.readings) AS readings,
+           sum(u.added_kwh + CASE WHEN u.prev_at >= $8 THEN u.joined_kwh
+                                  WHEN $7 THEN u.first_kwh
+                                  ELSE 0
+                             END) AS kwh,
+           sum(u.skipped + CASE WHEN u.prev_at >= $8 THEN u.joined_skipped ELSE 0 END) AS skipped,
+           sum({rollup_sum}) AS extra
+    FROM {stream}_rollups AS u
+    WHERE u.hour >= $3 AND u.hour < $4
+    GROUP BY u.{device}
 ),
 {stream}_dirty AS MATERIALIZED (
     SELECT device_id AS device, hour
@@ -177,18 +180,20 @@ _TOTALS = """
 )"""
 
 
-def _totals(stream: str, device: str, kwh: str, rollup_extra: str, raw_extra: str) -> str:
-    rollup = {"first_kwh": "u.first_kwh", "prev_at": "u.prev_at", "prev_kwh": "u.prev_kwh"}
-    piece = {"first_kwh": "first_kwh", "prev_at": "prev_at", "prev_kwh": "prev_kwh"}
+def _totals(
+    stream: str, device: str, kwh: str, rollup_sum: str, rollup_extra: str, raw_extra: str
+) -> str:
     return _TOTALS.format(
         stream=stream,
         device=device,
         kwh=kwh,
+        rollup_sum=rollup_sum,
         rollup_extra=rollup_extra,
         raw_extra=raw_extra,
         sums=_SUMS,
-        rollup_step=_STEP.format(**rollup, first_at="u.first_at"),
-        piece_step=_STEP.format(**piece, first_at="first_at"),
+        piece_step=_STEP.format(
+            first_kwh="first_kwh", prev_at="prev_at", prev_kwh="prev_kwh", first_at="first_at"
+        ),
     )
 
 
@@ -196,6 +201,7 @@ _VEHICLE_TOTALS = _totals(
     stream="vehicle",
     device="vehicle_id",
     kwh="kwh_delivered_dc",
+    rollup_sum="u.battery_temp_sum",
     rollup_extra="u.battery_temp_sum AS extra",
     raw_extra="r.battery_temp::float8 AS extra",
 )
@@ -204,6 +210,7 @@ _METER_TOTALS = _totals(
     stream="meter",
     device="meter_id",
     kwh="kwh_consumed_ac",
+    rollup_sum="0::float8",
     rollup_extra="0::float8 AS extra",
     raw_extra="0::float8 AS extra",
 )
@@ -238,8 +245,7 @@ meter_parts AS (
     UNION ALL
     SELECT s.vehicle_id, s.meter_id, s.seg_from, e.readings, e.kwh, e.skipped
     FROM segments AS s
-    CROSS JOIN LATERAL meter_window_energy(
-        s.meter_id, s.seg_from, s.seg_to, $9, $6, $7, $1, $2) AS e
+    CROSS JOIN LATERAL meter_segment_energy(s.meter_id, s.seg_from, s.seg_to, $9, $6, $7) AS e
     WHERE NOT s.whole AND s.seg_from < s.seg_to
 ),
 ac AS (

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import heapq
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from operator import itemgetter
+from typing import Annotated, NamedTuple
 
 import orjson
 from fastapi import APIRouter, Query
@@ -62,9 +64,10 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-@dataclass(frozen=True, slots=True)
-class Figures:
-    """A vehicle's rounded report numbers and health; light enough to rank a whole fleet."""
+class Figures(NamedTuple):
+    """A vehicle's rounded report numbers and health; light enough to rank a whole fleet (a
+    named tuple: a fleet makes 10,000 of them per request, and a frozen dataclass took three
+    times as long to build)."""
 
     vehicle_id: str
     found: Performance
@@ -313,12 +316,13 @@ async def fleet_performance(
     # Ranked on light figures; only the page becomes response models.
     every = [figures(v, found, settings) for v, found in numbers.items()]
     matching = [f for f in every if not query.health or f.health in query.health]
-    ranked = sorted(
-        ((_sort_key(_sort_value(f, query.sort), f.vehicle_id, query.order), f) for f in matching),
-        key=lambda pair: pair[0],
-    )
+    keyed = [
+        (_sort_key(_sort_value(f, query.sort), f.vehicle_id, query.order), f) for f in matching
+    ]
     if after is not None:
-        ranked = [pair for pair in ranked if pair[0] > after]
+        keyed = [pair for pair in keyed if pair[0] > after]
+    # The page and whether another follows: a partial selection, not a sort of the fleet.
+    ranked = heapq.nsmallest(limit + 1, keyed, key=itemgetter(0))
     page = [f for _, f in ranked[:limit]]
     last = page[-1] if page else None
     return _json(

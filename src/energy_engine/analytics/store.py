@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from energy_engine.db import Connection
 from energy_engine.settings import EnergySemantics, Settings
@@ -39,9 +40,9 @@ ORDER BY s.seg_from
 """
 
 
-@dataclass(frozen=True, slots=True)
-class VehicleWindow:
-    """DC side of a window."""
+class VehicleWindow(NamedTuple):
+    """DC side of a window. (Named tuples: the fleet ranking makes 10,000 per request, and
+    frozen dataclasses took three times as long to build.)"""
 
     readings: int
     kwh: float
@@ -97,16 +98,24 @@ PERFORMANCE = """
 WITH segments AS (
     SELECT meter_id,
            greatest(valid_from, $2) AS seg_from,
-           least(coalesce(valid_to, 'infinity'), $3) AS seg_to
+           least(coalesce(valid_to, 'infinity'), $3) AS seg_to,
+           valid_from <= $2 AND coalesce(valid_to, 'infinity') >= $3 AS whole
     FROM assignments
     WHERE vehicle_id = $1 AND valid_from < $3 AND (valid_to IS NULL OR valid_to > $2)
 ),
+-- A meter assigned for the whole window is read with the window's own bounds (parameters,
+-- which prune partitions when the statement starts); a meter assigned for part of it by
+-- meter_segment_energy, planned on the part's bounds (migrations/0005).
 meters AS (
     SELECT s.meter_id, s.seg_from, e.readings, e.kwh, e.skipped
     FROM segments AS s
-    CROSS JOIN LATERAL meter_window_energy(s.meter_id, s.seg_from, s.seg_to, $4, $5, $6, $2, $3)
-        AS e
-    WHERE s.seg_from < s.seg_to
+    CROSS JOIN LATERAL meter_window_energy(s.meter_id, $2, $3, $4, $5, $6, $2, $3) AS e
+    WHERE s.whole
+    UNION ALL
+    SELECT s.meter_id, s.seg_from, e.readings, e.kwh, e.skipped
+    FROM segments AS s
+    CROSS JOIN LATERAL meter_segment_energy(s.meter_id, s.seg_from, s.seg_to, $4, $5, $6) AS e
+    WHERE NOT s.whole AND s.seg_from < s.seg_to
 )
 SELECT EXISTS (SELECT FROM vehicle_state WHERE vehicle_id = $1)
            OR EXISTS (SELECT FROM assignments WHERE vehicle_id = $1) AS known,
@@ -122,8 +131,7 @@ FROM vehicle_window_energy($1, $2, $3, $4, $5, $6) AS dc,
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Performance:
+class Performance(NamedTuple):
     """Both sides of a vehicle's window, AC summed over the meters it was assigned to."""
 
     dc: VehicleWindow

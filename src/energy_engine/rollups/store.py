@@ -45,9 +45,13 @@ hours AS (
 )
 INSERT INTO meter_rollups AS u (
     meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-    voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh
+    voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh, joined_kwh, joined_skipped
 )
-SELECT h.*, p.read_at, p.kwh_consumed_ac
+SELECT h.*, p.read_at, p.kwh_consumed_ac,
+       coalesce(rollup_joined_kwh(
+           h.first_at, h.first_kwh, p.read_at, p.kwh_consumed_ac, $2, $1), 0),
+       coalesce(rollup_joined_skipped(
+           h.first_at, h.first_kwh, p.read_at, p.kwh_consumed_ac, $2, $1), 0)
 FROM hours AS h
 LEFT JOIN LATERAL (  -- the reading before the hour, however far back
     SELECT read_at, kwh_consumed_ac
@@ -62,7 +66,8 @@ ON CONFLICT (meter_id, hour) DO UPDATE SET
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
     added_kwh = excluded.added_kwh, skipped = excluded.skipped,
     voltage_sum = excluded.voltage_sum, voltage_min = excluded.voltage_min,
-    voltage_max = excluded.voltage_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh
+    voltage_max = excluded.voltage_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
+    joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped
 """
 
 _VEHICLE_AGGREGATE = """
@@ -93,9 +98,14 @@ hours AS (
 )
 INSERT INTO vehicle_rollups AS u (
     vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh
+    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh,
+    joined_kwh, joined_skipped
 )
-SELECT h.*, p.read_at, p.kwh_delivered_dc
+SELECT h.*, p.read_at, p.kwh_delivered_dc,
+       coalesce(rollup_joined_kwh(
+           h.first_at, h.first_kwh, p.read_at, p.kwh_delivered_dc, $2, $1), 0),
+       coalesce(rollup_joined_skipped(
+           h.first_at, h.first_kwh, p.read_at, p.kwh_delivered_dc, $2, $1), 0)
 FROM hours AS h
 LEFT JOIN LATERAL (  -- the reading before the hour, however far back
     SELECT read_at, kwh_delivered_dc
@@ -111,7 +121,8 @@ ON CONFLICT (vehicle_id, hour) DO UPDATE SET
     added_kwh = excluded.added_kwh, skipped = excluded.skipped,
     battery_temp_sum = excluded.battery_temp_sum, battery_temp_min = excluded.battery_temp_min,
     battery_temp_max = excluded.battery_temp_max, soc_min = excluded.soc_min,
-    soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh
+    soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
+    joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped
 """
 
 # Every reading of a time range ($3, $4): the hours being rolled.
@@ -139,10 +150,15 @@ REDO_VEHICLE_HOURS = _VEHICLE_AGGREGATE.format(
 
 # A late reading may precede the first reading of its device's next rolled hour more closely
 # than that rollup's `prev_at` does: after redoing dirty hours ($1 devices, $2 hours), the next
-# rollup of each device names its predecessor again.
+# rollup of each device names its predecessor again, and the increment from it ($3 interval
+# semantics, $4 max power kW).
 _REPAIR_NEXT = """
 UPDATE {stream}_rollups AS u
-SET prev_at = p.read_at, prev_kwh = p.{kwh}
+SET prev_at = p.read_at, prev_kwh = p.{kwh},
+    joined_kwh = coalesce(
+        rollup_joined_kwh(u.first_at, u.first_kwh, p.read_at, p.{kwh}, $4, $3), 0),
+    joined_skipped = coalesce(
+        rollup_joined_skipped(u.first_at, u.first_kwh, p.read_at, p.{kwh}, $4, $3), 0)
 FROM (
     SELECT DISTINCT d.device_id, n.hour
     FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
@@ -277,7 +293,7 @@ async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_00
             if keys:
                 devices, hours = zip(*keys, strict=True)
                 await conn.execute(redo, *_rules(settings), list(devices), list(hours))
-                await conn.execute(repair, list(devices), list(hours))
+                await conn.execute(repair, list(devices), list(hours), *_rules(settings))
         await conn.execute(
             FORGET_DIRTY,
             [d["stream"] for d in dirty],
