@@ -33,7 +33,9 @@ _examples = itertools.count()
 
 arrivals = st.lists(
     st.tuples(
-        st.integers(-70, 300),  # minute of the example's day
+        # minute from the start of the example's day: its first hours, and across the next
+        # day (windows and refreshes spanning that whole UTC day meet day rollups)
+        st.one_of(st.integers(-70, 300), st.integers(1380, 3000)),
         st.one_of(st.floats(0, 5_000, allow_nan=False), st.integers(0, 20).map(float)),
     ),
     max_size=25,
@@ -44,9 +46,13 @@ arrivals = st.lists(
 @given(
     streams=st.lists(arrivals, min_size=6, max_size=6),
     switch_minute=st.integers(-30, 330),
-    cuts=st.lists(st.integers(-60, 400), min_size=2, max_size=2).map(sorted),
+    cuts=st.lists(
+        st.one_of(st.integers(-60, 400), st.integers(1380, 3100)), min_size=2, max_size=2
+    ).map(sorted),
     start_minute=st.one_of(st.integers(-20, 300), st.integers(0, 5).map(lambda h: 60 * h)),
-    length=st.one_of(st.integers(1, 400), st.integers(1, 6).map(lambda h: 60 * h)),
+    length=st.one_of(
+        st.integers(1, 400), st.integers(1, 6).map(lambda h: 60 * h), st.integers(2800, 3100)
+    ),
     semantics=st.sampled_from(EnergySemantics),
     max_power_kw=st.sampled_from([1.0, 500.0]),
     lookback_minutes=st.sampled_from([5, 90, 10_000]),
@@ -70,7 +76,7 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
     )
     url = rules_database(config)
     example = next(_examples)
-    day = FIRST_DAY + timedelta(days=example)
+    day = FIRST_DAY + timedelta(days=3 * example)  # the streams span up to three days
     tag = f"{example}"
     vehicles = [f"v{tag}-{i}" for i in range(4)]  # the last one never reports
     meters = [f"m{tag}-{i}" for i in range(4)]
@@ -121,7 +127,7 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
         try:
             async with pool.acquire() as conn:
                 await db.ensure_partitions(
-                    conn, (day - timedelta(days=1)).date(), (day + timedelta(days=1)).date()
+                    conn, (day - timedelta(days=1)).date(), (day + timedelta(days=3)).date()
                 )
                 await rollups.match_rules(conn, config)
                 await conn.executemany(
@@ -160,7 +166,11 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
                 dirty = await conn.fetchval(
                     "SELECT count(*) FROM rollup_dirty WHERE device_id LIKE $1", f"%{tag}-%"
                 )
+                days = await conn.fetchval(
+                    "SELECT count(*) FROM vehicle_day_rollups WHERE vehicle_id LIKE $1", f"%{tag}-%"
+                )
                 event(f"dirty device-hours: {min(dirty, 1)}+")
+                event(f"day rollups: {min(days, 1)}+")
                 event(f"readings in window: {min(everyone[vehicles[0]].dc.readings, 1)}+")
         finally:
             await pool.close()

@@ -80,9 +80,13 @@ async def _answers(
     )
 
 
+# Readings in the example's first hours and across the next day: windows and refreshes that
+# span the whole next UTC day meet day rollups.
+MINUTES = st.one_of(st.integers(0, 300), st.integers(1380, 3000))
+
 streams = st.lists(
     st.tuples(
-        st.integers(0, 300),  # minute of the example's day
+        MINUTES,  # minute from the start of the example's day
         st.one_of(st.floats(0, 5_000, allow_nan=False), st.integers(0, 20).map(float)),
     ),
     max_size=60,
@@ -92,12 +96,15 @@ streams = st.lists(
 @settings(max_examples=100, deadline=None)
 @given(
     arrivals=streams,
-    cuts=st.lists(st.integers(0, 360), min_size=2, max_size=2).map(sorted),
-    start_minute=st.integers(-20, 300),
-    length=st.integers(1, 400),
+    cuts=st.lists(
+        st.one_of(st.integers(0, 360), st.integers(1380, 3100)), min_size=2, max_size=2
+    ).map(sorted),
+    start_minute=st.one_of(st.integers(-20, 300), st.just(0), st.just(1440)),
+    length=st.one_of(st.integers(1, 400), st.integers(2800, 3100), st.just(1440)),
     semantics=st.sampled_from(EnergySemantics),
     max_power_kw=st.sampled_from([1.0, 500.0]),
     lookback_minutes=st.sampled_from([5, 10_000]),
+    settle=st.booleans(),
 )
 def test_rollup_answers_equal_raw_history_and_the_pure_module(
     rules_database: RulesDatabase,
@@ -108,6 +115,7 @@ def test_rollup_answers_equal_raw_history_and_the_pure_module(
     semantics: EnergySemantics,
     max_power_kw: float,
     lookback_minutes: int,
+    settle: bool,
 ) -> None:
     config = Settings(
         _env_file=None,
@@ -117,7 +125,7 @@ def test_rollup_answers_equal_raw_history_and_the_pure_module(
     )
     url = rules_database(config)
     example = next(_examples)
-    day = FIRST_DAY + timedelta(days=example)
+    day = FIRST_DAY + timedelta(days=3 * example)  # a stream spans up to three days
     device = str(example)
     start = day + timedelta(minutes=start_minute)
     end = start + timedelta(minutes=length)
@@ -144,6 +152,8 @@ def test_rollup_answers_equal_raw_history_and_the_pure_module(
                     if index < len(cuts):
                         refresh_at = day + timedelta(minutes=cuts[index])
                         await rollups.refresh(pool, config, refresh_at)
+                if settle:  # the late readings' hours redone, their days rewritten
+                    await rollups.refresh(pool, config, day + timedelta(minutes=cuts[-1]))
                 got, raw = await _answers(conn, device, start, end, config)
                 rolled_hours = await conn.fetchval(
                     "SELECT count(*) FROM vehicle_rollups WHERE vehicle_id = $1", f"v-{device}"
@@ -151,7 +161,11 @@ def test_rollup_answers_equal_raw_history_and_the_pure_module(
                 dirty_hours = await conn.fetchval(
                     "SELECT count(*) FROM rollup_dirty WHERE device_id = $1", f"v-{device}"
                 )
+                rolled_days = await conn.fetchval(
+                    "SELECT count(*) FROM vehicle_day_rollups WHERE vehicle_id = $1", f"v-{device}"
+                )
                 event(f"rolled hours: {min(rolled_hours, 3)}+, dirty hours: {min(dirty_hours, 1)}+")
+                event(f"rolled days: {min(rolled_days, 1)}+")
         finally:
             await pool.close()
         assert got[0] == raw[0] and got[2] == raw[2]
@@ -291,3 +305,49 @@ async def test_a_rolled_day_is_read_from_about_24_rollups(
     )
     # Two half-hour edges of raw rows and the baseline, not 1,440 readings.
     assert raw_rows <= 2 * 30 + 1
+
+
+async def test_whole_days_of_a_window_are_read_from_day_rollups(
+    conn: asyncpg.Connection, database_url: str, settings: Settings
+) -> None:
+    day = HOUR - timedelta(days=8)
+    await db.ensure_partitions(conn, day.date(), (day + timedelta(days=4)).date())
+    await conn.execute(
+        """
+        INSERT INTO vehicle_readings (vehicle_id, read_at, soc, kwh_delivered_dc, battery_temp)
+        SELECT 'V-days', $1::timestamptz + m * interval '1 minute', 50, m * 0.1, 20 + m % 3
+        FROM generate_series(0, 4 * 1440) AS m
+        """,
+        day,
+    )
+    pool = await db.create_pool(database_url, settings)
+    try:
+        await rollups.match_rules(conn, settings)
+        await rollups.refresh(pool, settings, day + timedelta(days=4, minutes=5))
+    finally:
+        await pool.close()
+    # Two whole days in the middle, hours and raw half hours at both ends.
+    start, end = day + timedelta(hours=10, minutes=30), day + timedelta(days=3, hours=5, minutes=30)
+    plan = await conn.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM vehicle_window_energy("
+        "'V-days', $1, $2, '7 days', 500, false)",
+        start,
+        end,
+    )
+    day_rows = await conn.fetchval(
+        "SELECT sum((n->>'Actual Rows')::int) FROM jsonb_path_query($1::jsonb, 'strict $.**') AS n"
+        " WHERE n->>'Relation Name' = 'vehicle_day_rollups'",
+        plan,
+    )
+    assert day_rows == 2
+    window = await analytics.vehicle_window(conn, "V-days", start, end, settings)
+    minutes = int((end - start) / timedelta(minutes=1))
+    assert window.readings == minutes
+    assert window.kwh == pytest.approx(minutes * 0.1)
+    temps = await conn.fetchval(
+        "SELECT avg(battery_temp) FROM vehicle_readings"
+        " WHERE vehicle_id = 'V-days' AND read_at >= $1 AND read_at < $2",
+        start,
+        end,
+    )
+    assert window.avg_battery_temp == pytest.approx(temps)

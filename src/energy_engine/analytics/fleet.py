@@ -66,17 +66,32 @@ _SUMS = """sum(readings) AS readings,
 _TOTALS = """
 -- The increment into each rollup's first reading is stored with it (migrations/0005): counted
 -- when its predecessor is within the window or the baseline lookback.
+-- Whole UTC days come from day rollups, the hours around them from hour rollups.
 {stream}_settled AS (
-    SELECT u.{device} AS device, sum(u.readings) AS readings,
+    SELECT u.device, sum(u.readings) AS readings,
            sum(u.added_kwh + CASE WHEN u.prev_at >= $8 THEN u.joined_kwh
                                   WHEN $7 THEN u.first_kwh
                                   ELSE 0
                              END) AS kwh,
            sum(u.skipped + CASE WHEN u.prev_at >= $8 THEN u.joined_skipped ELSE 0 END) AS skipped,
-           sum({rollup_sum}) AS extra
-    FROM {stream}_rollups AS u
-    WHERE u.hour >= $3 AND u.hour < $4
-    GROUP BY u.{device}
+           sum(u.extra) AS extra
+    FROM (
+        SELECT {device} AS device, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+               joined_skipped, {rollup_sum} AS extra
+        FROM {stream}_rollups
+        WHERE hour >= $3 AND hour < rollup_days_from($3, $4)
+        UNION ALL
+        SELECT {device}, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+               joined_skipped, {rollup_sum}
+        FROM {stream}_day_rollups
+        WHERE day >= rollup_days_from($3, $4) AND day < rollup_days_to($3, $4)
+        UNION ALL
+        SELECT {device}, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+               joined_skipped, {rollup_sum}
+        FROM {stream}_rollups
+        WHERE hour >= rollup_days_to($3, $4) AND hour < $4
+    ) AS u
+    GROUP BY u.device
 ),
 {stream}_dirty AS MATERIALIZED (
     SELECT device_id AS device, hour
@@ -201,7 +216,7 @@ _VEHICLE_TOTALS = _totals(
     stream="vehicle",
     device="vehicle_id",
     kwh="kwh_delivered_dc",
-    rollup_sum="u.battery_temp_sum",
+    rollup_sum="battery_temp_sum",
     rollup_extra="u.battery_temp_sum AS extra",
     raw_extra="r.battery_temp::float8 AS extra",
 )

@@ -8,7 +8,7 @@ crash, gives the same rollups.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from energy_engine.db import Connection, Pool
 from energy_engine.settings import EnergySemantics, Settings
@@ -183,6 +183,81 @@ REPAIR_NEXT_VEHICLE = _REPAIR_NEXT.format(
     stream="vehicle", device="vehicle_id", kwh="kwh_delivered_dc"
 )
 
+# Day rollups from the hour rollups of complete UTC days (migrations/0005): the energy added
+# between the day's readings is each hour's, plus the increment into every hour's first
+# reading but the day's first (whose predecessor is before the day: the day's own joined step).
+_DAY_AGGREGATE = """
+INSERT INTO {stream}_day_rollups AS d (
+    {device}, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+    joined_kwh, joined_skipped{extra_columns}
+)
+SELECT u.{device}, date_trunc('day', u.hour, 'UTC') AS day,
+       sum(u.readings)::integer,
+       (array_agg(u.first_kwh ORDER BY u.hour))[1],
+       max(u.last_at),
+       (array_agg(u.last_kwh ORDER BY u.hour DESC))[1],
+       sum(u.added_kwh + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
+                              THEN u.joined_kwh ELSE 0 END),
+       sum(u.skipped + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
+                            THEN u.joined_skipped ELSE 0 END)::integer,
+       (array_agg(u.prev_at ORDER BY u.hour))[1],
+       (array_agg(u.joined_kwh ORDER BY u.hour))[1],
+       (array_agg(u.joined_skipped ORDER BY u.hour))[1]{extra_aggregates}
+FROM {rows}
+GROUP BY u.{device}, date_trunc('day', u.hour, 'UTC')
+ON CONFLICT ({device}, day) DO UPDATE SET
+    readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
+    last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    prev_at = excluded.prev_at, joined_kwh = excluded.joined_kwh,
+    joined_skipped = excluded.joined_skipped{extra_updates}
+"""
+_METER_DAYS = {
+    "stream": "meter",
+    "device": "meter_id",
+    "extra_columns": "",
+    "extra_aggregates": "",
+    "extra_updates": "",
+}
+_VEHICLE_DAYS = {
+    "stream": "vehicle",
+    "device": "vehicle_id",
+    "extra_columns": ", battery_temp_sum, soc_min, soc_max",
+    "extra_aggregates": ",\n       sum(u.battery_temp_sum), min(u.soc_min), max(u.soc_max)",
+    "extra_updates": (
+        ",\n    battery_temp_sum = excluded.battery_temp_sum, soc_min = excluded.soc_min,"
+        " soc_max = excluded.soc_max"
+    ),
+}
+# The days of the hours [$1, $2), all rolled.
+_ROLLED_DAYS = "{stream}_rollups AS u WHERE u.hour >= $1 AND u.hour < $2"
+ROLL_METER_DAYS = _DAY_AGGREGATE.format(**_METER_DAYS, rows=_ROLLED_DAYS.format(stream="meter"))
+ROLL_VEHICLE_DAYS = _DAY_AGGREGATE.format(
+    **_VEHICLE_DAYS, rows=_ROLLED_DAYS.format(stream="vehicle")
+)
+# The complete days of redone dirty hours ($1 devices, $2 hours) and of the next rollups whose
+# predecessor was repaired.
+_TOUCHED_DAYS = """(
+        SELECT DISTINCT d.device_id, date_trunc('day', t.hour, 'UTC') AS day
+        FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
+        CROSS JOIN LATERAL (
+            SELECT d.hour
+            UNION ALL
+            SELECT min(n.hour) FROM {stream}_rollups AS n
+            WHERE n.{device} = d.device_id AND n.hour > d.hour
+        ) AS t (hour)
+        WHERE t.hour IS NOT NULL
+    ) AS touched
+    JOIN {stream}_rollups AS u
+      ON u.{device} = touched.device_id AND u.hour >= touched.day
+     AND u.hour < touched.day + interval '1 day'
+    WHERE touched.day + interval '1 day' <= rollups_rolled()"""
+REDO_METER_DAYS = _DAY_AGGREGATE.format(
+    **_METER_DAYS, rows=_TOUCHED_DAYS.format(stream="meter", device="meter_id")
+)
+REDO_VEHICLE_DAYS = _DAY_AGGREGATE.format(
+    **_VEHICLE_DAYS, rows=_TOUCHED_DAYS.format(stream="vehicle", device="vehicle_id")
+)
+
 TAKE_DIRTY = """
 SELECT stream, device_id, hour, generation
 FROM rollup_dirty
@@ -219,6 +294,8 @@ RULES = "SELECT interval_kwh, max_power_kw FROM rollup_rules"
 RESET = """
 WITH cleared_meters AS (DELETE FROM meter_rollups),
      cleared_vehicles AS (DELETE FROM vehicle_rollups),
+     cleared_meter_days AS (DELETE FROM meter_day_rollups),
+     cleared_vehicle_days AS (DELETE FROM vehicle_day_rollups),
      cleared_dirty AS (DELETE FROM rollup_dirty),
      rules AS (
          INSERT INTO rollup_rules (interval_kwh, max_power_kw) VALUES ($1, $2)
@@ -273,6 +350,11 @@ async def roll(conn: Connection, settings: Settings, *, max_hours: int = 24) -> 
         until: datetime = min(sealed, rolled + timedelta(hours=max_hours))
         await conn.execute(ROLL_METER_HOURS, *_rules(settings), rolled, until)
         await conn.execute(ROLL_VEHICLE_HOURS, *_rules(settings), rolled, until)
+        # The days this batch completes.
+        days = (_floor_day(rolled), _floor_day(until))
+        if days[0] < days[1]:
+            await conn.execute(ROLL_METER_DAYS, *days)
+            await conn.execute(ROLL_VEHICLE_DAYS, *days)
         await conn.execute(SET_ROLLED, until)
         return until
 
@@ -285,15 +367,16 @@ async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_00
         dirty = await conn.fetch(TAKE_DIRTY, limit)
         if not dirty:
             return 0
-        for stream, redo, repair in (
-            ("meter", REDO_METER_HOURS, REPAIR_NEXT_METER),
-            ("vehicle", REDO_VEHICLE_HOURS, REPAIR_NEXT_VEHICLE),
+        for stream, redo, repair, days in (
+            ("meter", REDO_METER_HOURS, REPAIR_NEXT_METER, REDO_METER_DAYS),
+            ("vehicle", REDO_VEHICLE_HOURS, REPAIR_NEXT_VEHICLE, REDO_VEHICLE_DAYS),
         ):
             keys = [(d["device_id"], d["hour"]) for d in dirty if d["stream"] == stream]
             if keys:
                 devices, hours = zip(*keys, strict=True)
                 await conn.execute(redo, *_rules(settings), list(devices), list(hours))
                 await conn.execute(repair, list(devices), list(hours), *_rules(settings))
+                await conn.execute(days, list(devices), list(hours))
         await conn.execute(
             FORGET_DIRTY,
             [d["stream"] for d in dirty],
@@ -302,6 +385,11 @@ async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_00
             [d["generation"] for d in dirty],
         )
         return len(dirty)
+
+
+def _floor_day(at: datetime) -> datetime:
+    """The start of `at`'s UTC day."""
+    return at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def sealable(now: datetime, grace: timedelta) -> datetime:
