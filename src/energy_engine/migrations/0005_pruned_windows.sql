@@ -205,14 +205,31 @@ BEGIN
 END
 $$;
 
--- The first dirty hour of any device of `of_stream` in [hours_from, hours_to); NULL if none.
-CREATE FUNCTION rollup_dirty_since(of_stream text, hours_from timestamptz, hours_to timestamptz)
-RETURNS timestamptz
+-- One device's readings in [from_at, to_at). The window functions read the hours not rolled
+-- up yet and the dirty hours through these: the bounds depend on the `rolled` watermark or on
+-- a dirty hour, and inlined into a statement such a bound either cannot prune partitions when
+-- the statement starts (a subquery's value) or is evaluated once per partition when it does
+-- (a function call: about 40 watermark lookups per scan, 1.6 ms of a 24 h report). Here the
+-- bounds are parameters of a plan PL/pgSQL keeps for the session, pruned when it starts.
+CREATE FUNCTION vehicle_readings_between(vehicle text, from_at timestamptz, to_at timestamptz)
+RETURNS TABLE (read_at timestamptz, kwh double precision, battery_temp real, soc real)
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 BEGIN
-    RETURN (SELECT min(d.hour)
-            FROM rollup_dirty AS d
-            WHERE d.stream = of_stream AND d.hour >= hours_from AND d.hour < hours_to);
+    RETURN QUERY
+    SELECT r.read_at, r.kwh_delivered_dc, r.battery_temp, r.soc
+    FROM vehicle_readings AS r
+    WHERE r.vehicle_id = vehicle AND r.read_at >= from_at AND r.read_at < to_at;
+END
+$$;
+
+CREATE FUNCTION meter_readings_between(meter text, from_at timestamptz, to_at timestamptz)
+RETURNS TABLE (read_at timestamptz, kwh double precision)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT r.read_at, r.kwh_consumed_ac
+    FROM meter_readings AS r
+    WHERE r.meter_id = meter AND r.read_at >= from_at AND r.read_at < to_at;
 END
 $$;
 
@@ -226,22 +243,24 @@ CREATE OR REPLACE FUNCTION vehicle_window_energy(
     soc_min real, soc_max real
 )
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-WITH bounds AS (  -- once per call, for the reads of unpartitioned tables
-    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt
+WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
+    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
+           rollup_dirty_hours('vehicle', vehicle, '-infinity', ht) AS dirty_before
     FROM (SELECT window_hour_from(window_from) AS hf,
-                 window_hour_to(window_from, window_to) AS ht) AS b
+                 window_hour_to(window_from, window_to) AS ht
+          OFFSET 0) AS b
 ),
 dirty AS (
-    SELECT unnest(rollup_dirty_hours('vehicle', vehicle, (SELECT hf FROM bounds),
-                                     (SELECT ht FROM bounds))) AS hour
+    SELECT hour
+    FROM unnest((SELECT dirty_before FROM bounds)) AS hour
+    WHERE hour >= (SELECT hf FROM bounds)
 ),
 -- Whether every rollup of the window can be trusted with its stored predecessor: the device
 -- has no dirty hour before the rolled part of the window ends (a late reading may precede a
 -- rollup's first reading more closely than its stored predecessor until the refresher redoes
 -- the hour). Nearly always true; otherwise each rollup is a piece of its own.
 settled AS (
-    SELECT rollup_dirty_hours('vehicle', vehicle, '-infinity', (SELECT ht FROM bounds)) IS NULL
-               AS yes
+    SELECT (SELECT dirty_before FROM bounds) IS NULL AS yes
 ),
 pieces AS (
     (SELECT read_at AS first_at, read_at AS last_at, kwh_delivered_dc AS first_kwh,
@@ -261,11 +280,9 @@ pieces AS (
       AND r.read_at < least(window_hour_from(window_from), window_to)
     UNION ALL
     -- the hours not rolled up (yet), and the partial last hour
-    SELECT r.read_at, r.read_at, r.kwh_delivered_dc, r.kwh_delivered_dc, 0, 0, 1,
-           r.battery_temp, r.soc, r.soc, true, false
-    FROM vehicle_readings AS r
-    WHERE r.vehicle_id = vehicle AND r.read_at >= window_hour_to(window_from, window_to)
-      AND r.read_at >= window_from AND r.read_at < window_to
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.battery_temp, r.soc, r.soc, true, false
+    FROM vehicle_readings_between(vehicle, greatest((SELECT ht FROM bounds), window_from),
+                                  window_to) AS r
     UNION ALL
     -- the rolled hours, when settled: one piece summing every rollup with the increment into
     -- its first reading from its stored predecessor (counted when within the window or the
@@ -323,14 +340,10 @@ pieces AS (
       AND NOT (SELECT yes FROM settled)
       AND NOT EXISTS (SELECT FROM dirty WHERE dirty.hour = u.hour)
     UNION ALL
-    SELECT r.read_at, r.read_at, r.kwh_delivered_dc, r.kwh_delivered_dc, 0, 0, 1,
-           r.battery_temp, r.soc, r.soc, true, false
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.battery_temp, r.soc, r.soc, true, false
     FROM dirty AS d
-    JOIN vehicle_readings AS r
-      ON r.vehicle_id = vehicle AND r.read_at >= d.hour AND r.read_at < d.hour + interval '1 hour'
-    WHERE r.read_at >= window_from AND r.read_at < window_to
-      AND r.read_at >= (rollup_dirty_hours('vehicle', vehicle, window_hour_from(window_from),
-                                           window_hour_to(window_from, window_to)))[1]
+    CROSS JOIN LATERAL vehicle_readings_between(
+        vehicle, greatest(d.hour, window_from), least(d.hour + interval '1 hour', window_to)) AS r
 ),
 steps AS (
     SELECT counted, added, skipped, readings, temp_sum, soc_min, soc_max,
@@ -364,18 +377,20 @@ CREATE OR REPLACE FUNCTION meter_window_energy(
     outer_from timestamptz, outer_to timestamptz
 ) RETURNS TABLE (readings bigint, kwh double precision, skipped bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-WITH bounds AS (  -- once per call, for the reads of unpartitioned tables
-    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt
+WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
+    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
+           rollup_dirty_hours('meter', meter, '-infinity', ht) AS dirty_before
     FROM (SELECT window_hour_from(window_from) AS hf,
-                 window_hour_to(window_from, window_to) AS ht) AS b
+                 window_hour_to(window_from, window_to) AS ht
+          OFFSET 0) AS b
 ),
 dirty AS (
-    SELECT unnest(rollup_dirty_hours('meter', meter, (SELECT hf FROM bounds),
-                                     (SELECT ht FROM bounds))) AS hour
+    SELECT hour
+    FROM unnest((SELECT dirty_before FROM bounds)) AS hour
+    WHERE hour >= (SELECT hf FROM bounds)
 ),
 settled AS (  -- as in vehicle_window_energy
-    SELECT rollup_dirty_hours('meter', meter, '-infinity', (SELECT ht FROM bounds)) IS NULL
-               AS yes
+    SELECT (SELECT dirty_before FROM bounds) IS NULL AS yes
 ),
 pieces AS (
     (SELECT read_at AS first_at, read_at AS last_at, kwh_consumed_ac AS first_kwh,
@@ -395,11 +410,9 @@ pieces AS (
       AND r.read_at >= outer_from AND r.read_at < outer_to
     UNION ALL
     -- the hours not rolled up (yet), and the partial last hour
-    SELECT r.read_at, r.read_at, r.kwh_consumed_ac, r.kwh_consumed_ac, 0, 0, 1, true, false
-    FROM meter_readings AS r
-    WHERE r.meter_id = meter AND r.read_at >= window_hour_to(window_from, window_to)
-      AND r.read_at >= window_from AND r.read_at < window_to
-      AND r.read_at >= outer_from AND r.read_at < outer_to
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, true, false
+    FROM meter_readings_between(meter, greatest((SELECT ht FROM bounds), window_from),
+                                window_to) AS r
     UNION ALL
     -- the rolled hours, when settled: one piece (as in vehicle_window_energy)
     SELECT window_hour_from(window_from), l.last_at, NULL, l.last_kwh, a.added, a.skipped,
@@ -451,16 +464,10 @@ pieces AS (
       AND NOT (SELECT yes FROM settled)
       AND NOT EXISTS (SELECT FROM dirty WHERE dirty.hour = u.hour)
     UNION ALL
-    SELECT r.read_at, r.read_at, r.kwh_consumed_ac, r.kwh_consumed_ac, 0, 0, 1, true, false
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, true, false
     FROM dirty AS d
-    JOIN meter_readings AS r
-      ON r.meter_id = meter AND r.read_at >= d.hour AND r.read_at < d.hour + interval '1 hour'
-    WHERE r.read_at >= window_from AND r.read_at < window_to
-      AND r.read_at >= outer_from AND r.read_at < outer_to
-      -- (statements pass the meter as a value of an assignment row, which cannot bound the
-      -- scan when it starts; the first dirty hour of any meter can)
-      AND r.read_at >= rollup_dirty_since('meter', window_hour_from(window_from),
-                                          window_hour_to(window_from, window_to))
+    CROSS JOIN LATERAL meter_readings_between(
+        meter, greatest(d.hour, window_from), least(d.hour + interval '1 hour', window_to)) AS r
 ),
 steps AS (
     SELECT counted, added, skipped, readings,
