@@ -146,11 +146,15 @@ async def test_window_reads_only_its_own_rows(
     conn: asyncpg.Connection, fleet_history: datetime
 ) -> None:
     sql = _literal(VEHICLE_WINDOW, "V-17", fleet_history - timedelta(hours=24), fleet_history)
-    raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
-    nodes = [
-        n
-        for n in _nodes(orjson.loads(raw)[0]["Plan"])
-        if n.get("Relation Name", "").startswith("vehicle_readings")
-    ]
-    # 24 h at a reading a minute, plus the one baseline row: nothing of the other 99 vehicles.
-    assert sum(n["Actual Rows"] * n.get("Actual Loops", 1) for n in nodes) == 24 * 60 + 1
+    # Counted by the table statistics of this transaction rather than read off EXPLAIN: the
+    # hours not rolled up are read by a PL/pgSQL helper (migrations/0005), whose statements
+    # EXPLAIN does not show.
+    async with conn.transaction():
+        await conn.fetch(sql)
+        fetched, read_whole = await conn.fetchrow(
+            "SELECT sum(idx_tup_fetch), sum(seq_tup_read) FROM pg_stat_xact_user_tables"
+            " WHERE relname LIKE 'vehicle_readings_p%'"
+        )
+    # 24 h at a reading a minute, plus the one baseline row: nothing of the other 99 vehicles,
+    # and no partition read through.
+    assert (fetched, read_whole) == (24 * 60 + 1, 0)
