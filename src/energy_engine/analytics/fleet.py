@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from asyncpg import Record
-
 from energy_engine.analytics.store import Performance, VehicleWindow
 from energy_engine.db import Connection, Pool
 from energy_engine.rollups import store as rollups
@@ -230,18 +228,14 @@ _METER_TOTALS = _totals(
     raw_extra="0::float8 AS extra",
 )
 
-# Per vehicle with DC readings in the window: readings, kWh, skipped, average temperature.
-VEHICLE_SIDE = f"""
-WITH {_VEHICLE_TOTALS}
-SELECT device AS vehicle_id, readings, kwh, skipped, extra / readings AS avg_battery_temp
-FROM vehicle_totals
-"""  # noqa: S608 (composed from this module's constants; every value is a bind parameter)
-
-# Per known vehicle: the meters assigned during the window (in window order) and their AC
-# readings, kWh and skipped; $9 the baseline lookback. A meter assigned for the whole window
-# is read with every other (meter_totals); one assigned for part of it, by itself.
-METER_SIDE = f"""
-WITH segments AS (
+# Per known vehicle (reported or assigned): its DC readings, kWh, skipped and average battery
+# temperature, and the meters assigned during the window (in window order) with their AC
+# readings, kWh and skipped. $9 is the baseline lookback. A meter assigned for the whole window
+# is read with every other (meter_totals); one assigned for part of it, by itself. One
+# statement: the Python side gets one row per vehicle instead of joining two lists.
+FLEET = f"""
+WITH {_VEHICLE_TOTALS},
+segments AS (
     SELECT vehicle_id, meter_id,
            greatest(valid_from, $1) AS seg_from,
            least(coalesce(valid_to, 'infinity'), $2) AS seg_to,
@@ -275,9 +269,12 @@ known AS (
     SELECT vehicle_id FROM assignments
 )
 SELECT k.vehicle_id,
+       coalesce(dc.readings, 0) AS readings, coalesce(dc.kwh, 0) AS kwh,
+       coalesce(dc.skipped, 0) AS skipped, dc.extra / dc.readings AS avg_battery_temp,
        coalesce(ac.meter_ids, '{{}}') AS meter_ids, coalesce(ac.readings, 0) AS meter_readings,
        coalesce(ac.kwh, 0) AS meter_kwh, coalesce(ac.skipped, 0) AS meter_skipped
 FROM known AS k
+LEFT JOIN vehicle_totals AS dc ON dc.device = k.vehicle_id
 LEFT JOIN ac ON ac.vehicle_id = k.vehicle_id
 """  # noqa: S608 (composed from this module's constants; every value is a bind parameter)
 
@@ -303,8 +300,7 @@ _SESSION = "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = 
 async def prepare(
     conn: Connection, start: datetime, end: datetime, settings: Settings
 ) -> tuple[object, ...]:
-    """Inside a transaction: set the fleet statements up and return their arguments
-    (VEHICLE_SIDE's; METER_SIDE takes the baseline lookback after them)."""
+    """Inside a transaction: set the fleet statement up and return its arguments."""
     await conn.execute(_SESSION)
     rolled = (await rollups.watermarks(conn))["rolled"]
     return (
@@ -314,6 +310,7 @@ async def prepare(
         settings.max_power_kw,
         settings.energy_semantics is EnergySemantics.INTERVAL,
         start - settings.baseline_lookback,
+        settings.baseline_lookback,
     )
 
 
@@ -322,27 +319,10 @@ async def fleet_numbers(
 ) -> dict[str, Performance]:
     """Every known vehicle's window [start, end), by vehicle id."""
     async with pool.acquire() as conn:
-        # One snapshot for the watermark and the rollups it vouches for. (Running the two
-        # sides at once on two connections was slower: each side's aggregate already uses
-        # the two cores through parallel workers.)
+        # One snapshot for the watermark and the rollups it vouches for.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            args = await prepare(conn, start, end, settings)
-            dc_rows = await conn.fetch(VEHICLE_SIDE, *args)
-            ac_rows = await conn.fetch(METER_SIDE, *args, settings.baseline_lookback)
-    dc = {r["vehicle_id"]: r for r in dc_rows}
+            rows = await conn.fetch(FLEET, *await prepare(conn, start, end, settings))
     return {
-        r["vehicle_id"]: Performance(
-            dc=_dc(dc.get(r["vehicle_id"])),
-            meter_ids=list(r["meter_ids"]),
-            meter_readings=r["meter_readings"],
-            meter_kwh=r["meter_kwh"],
-            meter_skipped=r["meter_skipped"],
-        )
-        for r in ac_rows
+        r[0]: Performance(VehicleWindow(r[1], r[2], r[3], r[4]), list(r[5]), r[6], r[7], r[8])
+        for r in rows
     }
-
-
-def _dc(row: Record | None) -> VehicleWindow:
-    if row is None:
-        return VehicleWindow(0, 0.0, 0, None)
-    return VehicleWindow(row["readings"], row["kwh"], row["skipped"], row["avg_battery_temp"])

@@ -65,16 +65,7 @@ async def render(url: str, day: datetime, vehicle: str) -> str:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 common = await fleet.prepare(conn, day, day + timedelta(days=1), settings)
                 sections.append(
-                    (
-                        "Fleet ranking, DC side (whole-hour day)",
-                        await _explain(conn, fleet.VEHICLE_SIDE, *common),
-                    )
-                )
-                sections.append(
-                    (
-                        "Fleet ranking, AC side (whole-hour day)",
-                        await _explain(conn, fleet.METER_SIDE, *common, settings.baseline_lookback),
-                    )
+                    ("Fleet ranking (a calendar day)", await _explain(conn, fleet.FLEET, *common))
                 )
     finally:
         await pool.close()
