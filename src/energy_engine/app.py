@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from energy_engine import __version__, db
+from energy_engine.analytics.endpoint import AnalyticsMiddleware
 from energy_engine.analytics.routes import router as analytics_router
 from energy_engine.assignments.routes import router as assignments_router
 from energy_engine.deps import PoolDep
@@ -102,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(IngestMiddleware, settings=settings)
+    app.add_middleware(AnalyticsMiddleware, settings=settings)
     app.include_router(assignments_router)
     app.include_router(status_router)
     app.include_router(analytics_router)

@@ -4,19 +4,19 @@ The per-vehicle path (`store.performance`) reads one device's rows and rollups t
 primary key. Done 10,000 times that would be 10,000 × eight index probes; here each source is
 read once for the whole fleet, by time range:
 
-* rollups of the window's whole hours, by the rollups' hour index, skipping dirty hours;
+* day rollups of the window's whole UTC days and hour rollups of its other whole hours, by
+  their time indexes, skipping devices with dirty hours;
 * raw rows where no rollup applies: the window's partial first hour, the hours not rolled up
   yet at its end, and every dirty device-hour.
 
-No piece needs sorting into place: each carries the reading before it (a rollup stores it,
-migrations/0004), so the increment into it is computed row by row and a hash aggregate sums a
-device's pieces. Only raw readings are ordered, within their short runs, and each run's first
-reading looks its predecessor up. The increments follow the rules of `energy_engine.energy`,
-so every vehicle's numbers equal what `GET /v1/analytics/performance/{id}` answers for the
-same window (tests/integration/test_fleet_analytics.py checks that on random streams).
-Meters count for a vehicle over the
-part of the window they were assigned to it; the few assignments that start or end inside the
-window go through `meter_segment_energy` one by one.
+No piece needs sorting into place: each carries the reading before it and a rollup the
+increment from it (migrations/0004, 0005), so a hash aggregate sums a device's pieces. Only raw
+readings are ordered, within their short runs, and each run's first reading looks its
+predecessor up. The increments follow the rules of `energy_engine.energy`, so every vehicle's
+numbers equal what `GET /v1/analytics/performance/{id}` answers for the same window
+(tests/integration/test_fleet_analytics.py checks that on random streams). Meters count for a
+vehicle over the part of the window they were assigned to it; the few assignments that start
+or end inside the window go through `meter_segment_energy` one by one.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from energy_engine.analytics.models import (
     judge,
 )
 from energy_engine.analytics.store import Performance
-from energy_engine.db import as_sent
+from energy_engine.db import Pool, as_sent
 from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep
 from energy_engine.errors import ErrorBody, invalid_request, not_found
 from energy_engine.settings import Settings
@@ -146,13 +146,23 @@ async def vehicle_performance(
 ) -> Response:
     """AC consumed vs DC delivered, efficiency, battery temperature and health over a window
     of up to 90 days (default: the last 24 hours)."""
+    body = await performance_body(pool, settings, vehicle_id, start, end)
+    return Response(body, media_type="application/json")
+
+
+async def performance_body(
+    pool: Pool, settings: Settings, vehicle_id: str, start: datetime | None, end: datetime | None
+) -> bytes:
+    """The report's JSON; ApiError for a bad window or an unknown vehicle. Shared by the route
+    and the lean handler in front of FastAPI (analytics.endpoint)."""
     start, end = resolve_window(start, end, settings)
     async with pool.acquire() as conn:
         found = await store.performance(conn, vehicle_id, start, end, settings)
     if found is None:
         raise not_found("vehicle", vehicle_id)
     summary = summarize(figures(vehicle_id, found, settings))
-    return _json(PerformanceReport(**dict(summary), from_=start, to=end))
+    report = PerformanceReport(**dict(summary), from_=start, to=end)
+    return report.model_dump_json(by_alias=True).encode()
 
 
 @router.get(

@@ -17,22 +17,17 @@ incrementally and bounded, so a small compressed body cannot inflate past the si
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
+from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer, error_body
 from energy_engine.errors import ApiError
 from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.ingest.writer import GroupWriter, Overloaded
 from energy_engine.settings import Settings
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PATHS = {
     "/v1/ingest": AnyReading,
@@ -40,7 +35,6 @@ PATHS = {
     "/v1/ingest/vehicle": VehicleReading,
 }
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class _Disconnected(Exception):
@@ -64,7 +58,7 @@ class IngestMiddleware:
             return
         if scope["method"] != "POST":
             wrong = ApiError(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
-            await _answer(send, wrong.status, _error_body(wrong), wrong.headers)
+            await answer(send, wrong.status, error_body(wrong), wrong.headers)
             return
         writer: GroupWriter = scope["app"].state.writer
         try:
@@ -73,16 +67,16 @@ class IngestMiddleware:
             vehicles = [r for r in readings if isinstance(r, VehicleReading)]
             result = await writer.submit(meters, vehicles)
         except ApiError as error:
-            await _answer(send, error.status, _error_body(error), error.headers)
+            await answer(send, error.status, error_body(error), error.headers)
             return
         except Overloaded:
             busy = ApiError(503, "overloaded", "the write queue is full; retry shortly")
-            await _answer(send, 503, _error_body(busy), {"Retry-After": "1"})
+            await answer(send, 503, error_body(busy), {"Retry-After": "1"})
             return
         except _Disconnected:
             return
         body = orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates})
-        await _answer(send, 200, body)
+        await answer(send, 200, body)
 
 
 async def _read_readings(
@@ -152,18 +146,3 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"the body exceeds {limit} bytes; split the batch")
-
-
-def _error_body(error: ApiError) -> bytes:
-    return error.body.model_dump_json(by_alias=True).encode()
-
-
-async def _answer(
-    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
-) -> None:
-    raw_headers = list(_JSON_HEADERS)
-    raw_headers.append((b"content-length", str(len(body)).encode()))
-    for name, value in (headers or {}).items():
-        raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
