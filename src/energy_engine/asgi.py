@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from energy_engine.errors import ApiError
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -15,11 +13,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def error_body(error: ApiError) -> bytes:
-    """The JSON body the app's error handlers give the same error (errors.py)."""
-    return error.body.model_dump_json(by_alias=True).encode()
 
 
 async def answer(

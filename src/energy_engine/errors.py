@@ -56,9 +56,15 @@ def invalid_request(field: str, reason: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, [ErrorItem(field=field, reason=reason)])
 
 
+def error_json(error: ApiError) -> bytes:
+    """The error's JSON body, as every error answer carries it (FastAPI's handlers below and
+    the lean handlers in front of FastAPI)."""
+    return error.body.model_dump_json(by_alias=True).encode()
+
+
 def _render(exc: ApiError) -> Response:
     return Response(
-        exc.body.model_dump_json(by_alias=True),
+        error_json(exc),
         status_code=exc.status,
         headers=exc.headers,
         media_type="application/json",

@@ -18,8 +18,8 @@ from urllib.parse import parse_qsl
 from pydantic import TypeAdapter, ValidationError
 
 from energy_engine.analytics.routes import performance_body
-from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer, error_body
-from energy_engine.errors import ApiError
+from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
+from energy_engine.errors import ApiError, error_json
 from energy_engine.settings import Settings
 
 PREFIX = "/v1/analytics/performance/"
@@ -67,6 +67,6 @@ class AnalyticsMiddleware:
                 scope["app"].state.pool, self.settings, vehicle_id, *window
             )
         except ApiError as error:
-            await answer(send, error.status, error_body(error), error.headers)
+            await answer(send, error.status, error_json(error), error.headers)
             return
         await answer(send, 200, body)

@@ -75,17 +75,17 @@ _TOTALS = """
            sum(u.extra) AS extra
     FROM (
         SELECT {device} AS device, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, {rollup_sum} AS extra
+               joined_skipped, {rollup_extra}
         FROM {stream}_rollups
         WHERE hour >= $3 AND hour < rollup_days_from($3, $4)
         UNION ALL
         SELECT {device}, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, {rollup_sum}
+               joined_skipped, {rollup_extra}
         FROM {stream}_day_rollups
         WHERE day >= rollup_days_from($3, $4) AND day < rollup_days_to($3, $4)
         UNION ALL
         SELECT {device}, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, {rollup_sum}
+               joined_skipped, {rollup_extra}
         FROM {stream}_rollups
         WHERE hour >= rollup_days_to($3, $4) AND hour < $4
     ) AS u
@@ -193,14 +193,11 @@ _TOTALS = """
 )"""
 
 
-def _totals(
-    stream: str, device: str, kwh: str, rollup_sum: str, rollup_extra: str, raw_extra: str
-) -> str:
+def _totals(stream: str, device: str, kwh: str, rollup_extra: str, raw_extra: str) -> str:
     return _TOTALS.format(
         stream=stream,
         device=device,
         kwh=kwh,
-        rollup_sum=rollup_sum,
         rollup_extra=rollup_extra,
         raw_extra=raw_extra,
         sums=_SUMS,
@@ -214,8 +211,7 @@ _VEHICLE_TOTALS = _totals(
     stream="vehicle",
     device="vehicle_id",
     kwh="kwh_delivered_dc",
-    rollup_sum="battery_temp_sum",
-    rollup_extra="u.battery_temp_sum AS extra",
+    rollup_extra="battery_temp_sum AS extra",
     raw_extra="r.battery_temp::float8 AS extra",
 )
 
@@ -223,7 +219,6 @@ _METER_TOTALS = _totals(
     stream="meter",
     device="meter_id",
     kwh="kwh_consumed_ac",
-    rollup_sum="0::float8",
     rollup_extra="0::float8 AS extra",
     raw_extra="0::float8 AS extra",
 )

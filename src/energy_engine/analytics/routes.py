@@ -95,6 +95,10 @@ def _rounded_dc(ac: float | None, dc: float) -> float:
     return round(dc, 6)
 
 
+def _health(ac: float | None, dc: float, settings: Settings) -> Health:
+    return judge(ac, dc / ac if ac else None, settings)  # on the unrounded efficiency
+
+
 def figures(vehicle_id: str, found: Performance, settings: Settings) -> Figures:
     """The report's numbers for one vehicle's window, rounded, with its health class."""
     dc = found.dc.kwh
@@ -106,7 +110,7 @@ def figures(vehicle_id: str, found: Performance, settings: Settings) -> Figures:
         _rounded_dc(ac, dc),
         _rounded_loss(ac, dc),
         _rounded_efficiency(ac, dc),
-        judge(ac, dc / ac if ac else None, settings),  # on the unrounded efficiency
+        _health(ac, dc, settings),
     )
 
 
@@ -272,14 +276,6 @@ def _decode_cursor(cursor: str) -> tuple[_Query, float | None, str]:
     return query, (None if value is None else float(value)), vehicle_id
 
 
-def _sort_value(f: Figures, sort: FleetSort) -> float | None:
-    if sort is FleetSort.EFFICIENCY:
-        return f.efficiency
-    if sort is FleetSort.LOSS_KWH:
-        return f.loss_kwh
-    return f.dc_kwh
-
-
 _SORTED_BY = {
     FleetSort.EFFICIENCY: _rounded_efficiency,
     FleetSort.LOSS_KWH: _rounded_loss,
@@ -323,7 +319,7 @@ def _rank(
     for vehicle_id, found in numbers.items():
         dc = found.dc.kwh
         ac = _ac(found)
-        health = judge(ac, dc / ac if ac else None, settings)
+        health = _health(ac, dc, settings)
         counts[health] += 1
         dc_total += dc
         if ac is not None:
@@ -395,7 +391,11 @@ async def fleet_performance(
             matching=ranking.matching,
             vehicles=[summarize(f) for f in page],
             next_cursor=(
-                _encode_cursor(query, _sort_value(last, query.sort), last.vehicle_id)
+                _encode_cursor(
+                    query,
+                    _SORTED_BY[query.sort](_ac(last.found), last.found.dc.kwh),
+                    last.vehicle_id,
+                )
                 if last is not None and len(ranking.keys) > limit
                 else None
             ),

@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer, error_body
-from energy_engine.errors import ApiError
+from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
+from energy_engine.errors import ApiError, error_json
 from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.ingest.writer import GroupWriter, Overloaded
@@ -58,7 +58,7 @@ class IngestMiddleware:
             return
         if scope["method"] != "POST":
             wrong = ApiError(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
-            await answer(send, wrong.status, error_body(wrong), wrong.headers)
+            await answer(send, wrong.status, error_json(wrong), wrong.headers)
             return
         writer: GroupWriter = scope["app"].state.writer
         try:
@@ -67,11 +67,11 @@ class IngestMiddleware:
             vehicles = [r for r in readings if isinstance(r, VehicleReading)]
             result = await writer.submit(meters, vehicles)
         except ApiError as error:
-            await answer(send, error.status, error_body(error), error.headers)
+            await answer(send, error.status, error_json(error), error.headers)
             return
         except Overloaded:
             busy = ApiError(503, "overloaded", "the write queue is full; retry shortly")
-            await answer(send, 503, error_body(busy), {"Retry-After": "1"})
+            await answer(send, 503, error_json(busy), {"Retry-After": "1"})
             return
         except _Disconnected:
             return

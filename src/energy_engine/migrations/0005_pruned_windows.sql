@@ -196,20 +196,6 @@ SELECT greatest(window_hour_from(window_from),
                 least(date_trunc('hour', window_to), rollups_rolled()))
 $$;
 
--- A device's dirty hours in [hours_from, hours_to), in order; NULL when there are none (then
--- a scan bounded below by the first of them starts on no partition at all).
-CREATE FUNCTION rollup_dirty_hours(
-    of_stream text, of_device text, hours_from timestamptz, hours_to timestamptz
-) RETURNS timestamptz[]
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-BEGIN
-    RETURN (SELECT array_agg(d.hour ORDER BY d.hour)
-            FROM rollup_dirty AS d
-            WHERE d.stream = of_stream AND d.device_id = of_device
-              AND d.hour >= hours_from AND d.hour < hours_to);
-END
-$$;
-
 -- One device's readings in [from_at, to_at). The window functions read the hours not rolled
 -- up yet and the dirty hours through these: the bounds depend on the `rolled` watermark or on
 -- a dirty hour, and inlined into a statement such a bound either cannot prune partitions when
@@ -250,7 +236,9 @@ CREATE OR REPLACE FUNCTION vehicle_window_energy(
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
 WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
     SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
-           rollup_dirty_hours('vehicle', vehicle, '-infinity', ht) AS dirty_before
+           (SELECT array_agg(d.hour ORDER BY d.hour)  -- NULL: no dirty hour
+            FROM rollup_dirty AS d
+            WHERE d.stream = 'vehicle' AND d.device_id = vehicle AND d.hour < b.ht) AS dirty_before
     FROM (SELECT window_hour_from(window_from) AS hf,
                  window_hour_to(window_from, window_to) AS ht
           OFFSET 0) AS b
@@ -384,7 +372,9 @@ CREATE OR REPLACE FUNCTION meter_window_energy(
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
 WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
     SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
-           rollup_dirty_hours('meter', meter, '-infinity', ht) AS dirty_before
+           (SELECT array_agg(d.hour ORDER BY d.hour)  -- NULL: no dirty hour
+            FROM rollup_dirty AS d
+            WHERE d.stream = 'meter' AND d.device_id = meter AND d.hour < b.ht) AS dirty_before
     FROM (SELECT window_hour_from(window_from) AS hf,
                  window_hour_to(window_from, window_to) AS ht
           OFFSET 0) AS b

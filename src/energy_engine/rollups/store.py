@@ -15,6 +15,21 @@ from energy_engine.settings import EnergySemantics, Settings
 
 REFRESH_LOCK_KEY = 0x656E_726F_6C6C  # one refresher at a time across processes
 
+# Each aggregated hour (the `hours` CTE) with the reading before it, however far back, and the
+# increment from that reading into the hour's first ($1 interval semantics, $2 max power kW).
+_WITH_PREDECESSOR = """SELECT h.*, p.read_at, p.{kwh},
+       coalesce(rollup_joined_kwh(h.first_at, h.first_kwh, p.read_at, p.{kwh}, $2, $1), 0),
+       coalesce(rollup_joined_skipped(h.first_at, h.first_kwh, p.read_at, p.{kwh}, $2, $1), 0)
+FROM hours AS h
+LEFT JOIN LATERAL (
+    SELECT read_at, {kwh}
+    FROM {stream}_readings
+    WHERE {device} = h.{device} AND read_at < h.hour
+    ORDER BY read_at DESC
+    LIMIT 1
+) AS p ON true
+ORDER BY h.{device}, h.hour"""
+
 # The increments between consecutive readings of the same device-hour, by the rules of
 # energy_engine.energy; the first reading of an hour has no predecessor here (NULL seconds).
 # $1 interval semantics, $2 max power kW; {rows} is the FROM clause choosing the readings.
@@ -47,20 +62,7 @@ INSERT INTO meter_rollups AS u (
     meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
     voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh, joined_kwh, joined_skipped
 )
-SELECT h.*, p.read_at, p.kwh_consumed_ac,
-       coalesce(rollup_joined_kwh(
-           h.first_at, h.first_kwh, p.read_at, p.kwh_consumed_ac, $2, $1), 0),
-       coalesce(rollup_joined_skipped(
-           h.first_at, h.first_kwh, p.read_at, p.kwh_consumed_ac, $2, $1), 0)
-FROM hours AS h
-LEFT JOIN LATERAL (  -- the reading before the hour, however far back
-    SELECT read_at, kwh_consumed_ac
-    FROM meter_readings
-    WHERE meter_id = h.meter_id AND read_at < h.hour
-    ORDER BY read_at DESC
-    LIMIT 1
-) AS p ON true
-ORDER BY h.meter_id, h.hour
+{with_predecessor}
 ON CONFLICT (meter_id, hour) DO UPDATE SET
     readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
@@ -101,20 +103,7 @@ INSERT INTO vehicle_rollups AS u (
     battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh,
     joined_kwh, joined_skipped
 )
-SELECT h.*, p.read_at, p.kwh_delivered_dc,
-       coalesce(rollup_joined_kwh(
-           h.first_at, h.first_kwh, p.read_at, p.kwh_delivered_dc, $2, $1), 0),
-       coalesce(rollup_joined_skipped(
-           h.first_at, h.first_kwh, p.read_at, p.kwh_delivered_dc, $2, $1), 0)
-FROM hours AS h
-LEFT JOIN LATERAL (  -- the reading before the hour, however far back
-    SELECT read_at, kwh_delivered_dc
-    FROM vehicle_readings
-    WHERE vehicle_id = h.vehicle_id AND read_at < h.hour
-    ORDER BY read_at DESC
-    LIMIT 1
-) AS p ON true
-ORDER BY h.vehicle_id, h.hour
+{with_predecessor}
 ON CONFLICT (vehicle_id, hour) DO UPDATE SET
     readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
@@ -124,6 +113,15 @@ ON CONFLICT (vehicle_id, hour) DO UPDATE SET
     soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
     joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped
 """
+
+_METER_AGGREGATE = _METER_AGGREGATE.replace(
+    "{with_predecessor}",
+    _WITH_PREDECESSOR.format(stream="meter", device="meter_id", kwh="kwh_consumed_ac"),
+)
+_VEHICLE_AGGREGATE = _VEHICLE_AGGREGATE.replace(
+    "{with_predecessor}",
+    _WITH_PREDECESSOR.format(stream="vehicle", device="vehicle_id", kwh="kwh_delivered_dc"),
+)
 
 # Every reading of a time range ($3, $4): the hours being rolled.
 ROLL_METER_HOURS = _METER_AGGREGATE.format(
@@ -151,7 +149,7 @@ REDO_VEHICLE_HOURS = _VEHICLE_AGGREGATE.format(
 # A late reading may precede the first reading of its device's next rolled hour more closely
 # than that rollup's `prev_at` does: after redoing dirty hours ($1 devices, $2 hours), the next
 # rollup of each device names its predecessor again, and the increment from it ($3 interval
-# semantics, $4 max power kW).
+# semantics, $4 max power kW). Returns the repaired rollups: their days change too.
 _REPAIR_NEXT = """
 UPDATE {stream}_rollups AS u
 SET prev_at = p.read_at, prev_kwh = p.{kwh},
@@ -177,6 +175,7 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) AS p ON true
 WHERE u.{device} = next.device_id AND u.hour = next.hour
+RETURNING u.{device} AS device_id, u.hour
 """
 REPAIR_NEXT_METER = _REPAIR_NEXT.format(stream="meter", device="meter_id", kwh="kwh_consumed_ac")
 REPAIR_NEXT_VEHICLE = _REPAIR_NEXT.format(
@@ -234,18 +233,10 @@ ROLL_METER_DAYS = _DAY_AGGREGATE.format(**_METER_DAYS, rows=_ROLLED_DAYS.format(
 ROLL_VEHICLE_DAYS = _DAY_AGGREGATE.format(
     **_VEHICLE_DAYS, rows=_ROLLED_DAYS.format(stream="vehicle")
 )
-# The complete days of redone dirty hours ($1 devices, $2 hours) and of the next rollups whose
-# predecessor was repaired.
+# The complete days of the device-hours ($1 devices, $2 hours) that were redone or repaired.
 _TOUCHED_DAYS = """(
-        SELECT DISTINCT d.device_id, date_trunc('day', t.hour, 'UTC') AS day
+        SELECT DISTINCT d.device_id, date_trunc('day', d.hour, 'UTC') AS day
         FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
-        CROSS JOIN LATERAL (
-            SELECT d.hour
-            UNION ALL
-            SELECT min(n.hour) FROM {stream}_rollups AS n
-            WHERE n.{device} = d.device_id AND n.hour > d.hour
-        ) AS t (hour)
-        WHERE t.hour IS NOT NULL
     ) AS touched
     JOIN {stream}_rollups AS u
       ON u.{device} = touched.device_id AND u.hour >= touched.day
@@ -375,8 +366,9 @@ async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_00
             if keys:
                 devices, hours = zip(*keys, strict=True)
                 await conn.execute(redo, *_rules(settings), list(devices), list(hours))
-                await conn.execute(repair, list(devices), list(hours), *_rules(settings))
-                await conn.execute(days, list(devices), list(hours))
+                repaired = await conn.fetch(repair, list(devices), list(hours), *_rules(settings))
+                keys += [(r["device_id"], r["hour"]) for r in repaired]
+                await conn.execute(days, [k[0] for k in keys], [k[1] for k in keys])
         await conn.execute(
             FORGET_DIRTY,
             [d["stream"] for d in dirty],
