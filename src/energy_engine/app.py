@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 from energy_engine import __version__, db
 from energy_engine.analytics.endpoint import AnalyticsMiddleware
 from energy_engine.analytics.routes import router as analytics_router
+from energy_engine.asgi import BodyLimit
 from energy_engine.assignments.routes import router as assignments_router
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers
@@ -102,11 +103,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    routers = [assignments_router, status_router, analytics_router]
+    app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=routers)
     app.add_middleware(IngestMiddleware, settings=settings)
     app.add_middleware(AnalyticsMiddleware, settings=settings)
-    app.include_router(assignments_router)
-    app.include_router(status_router)
-    app.include_router(analytics_router)
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/health/live", tags=["operations"])
     async def live() -> dict[str, str]:

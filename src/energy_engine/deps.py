@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from energy_engine.bounds import DEVICE_ID_PATTERN, DEVICE_ID_RULE
 from energy_engine.db import Pool
-from energy_engine.errors import not_found
+from energy_engine.errors import ApiError, ErrorItem, not_found
 from energy_engine.settings import Settings
 
 
@@ -28,6 +30,14 @@ async def get_pool(request: Request) -> Pool:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[Pool, Depends(get_pool)]
 
+# Device ids in paths follow the readings' rule, so an odd id (a NUL, 10 kB) is a 422 here.
+VehicleIdPath = Annotated[
+    str, Path(alias="vehicleId", pattern=DEVICE_ID_PATTERN, description=DEVICE_ID_RULE)
+]
+MeterIdPath = Annotated[
+    str, Path(alias="meterId", pattern=DEVICE_ID_PATTERN, description=DEVICE_ID_RULE)
+]
+
 
 KNOWN_VEHICLE = """
 SELECT EXISTS (SELECT FROM vehicle_state WHERE vehicle_id = $1)
@@ -35,7 +45,7 @@ SELECT EXISTS (SELECT FROM vehicle_state WHERE vehicle_id = $1)
 """
 
 
-async def known_vehicle(vehicle_id: str, pool: PoolDep) -> str:
+async def known_vehicle(vehicle_id: VehicleIdPath, pool: PoolDep) -> str:
     """The path's vehicle id, or 404 when the vehicle never reported nor was assigned."""
     async with pool.acquire() as conn:
         known = await conn.fetchval(KNOWN_VEHICLE, vehicle_id)
@@ -45,3 +55,28 @@ async def known_vehicle(vehicle_id: str, pool: PoolDep) -> str:
 
 
 KnownVehicle = Annotated[str, Depends(known_vehicle)]
+
+
+async def unique_keys(request: Request) -> None:
+    """422 when a JSON body repeats a key: validation would silently keep the last one."""
+    repeated: list[str] = []
+
+    def note(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated.extend(key for key in dict.fromkeys(keys) if keys.count(key) > 1)
+        return dict(pairs)
+
+    try:
+        json.loads(await request.body(), object_pairs_hook=note)
+    except ValueError:
+        return  # not JSON at all: body validation says so
+    if repeated:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{repeated[0]}: the key appears twice",
+            [ErrorItem(field=key, reason="the key appears twice") for key in repeated],
+        )
+
+
+UniqueKeys = Depends(unique_keys)

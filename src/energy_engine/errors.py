@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+from pydantic_core import ErrorDetails
+from starlette.exceptions import HTTPException
 
 
 class ErrorItem(BaseModel):
@@ -22,15 +26,16 @@ class ErrorItem(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The body of every 4xx answer."""
+    """The body of every error answer (4xx and 503)."""
 
     error: str
     message: str
     errors: list[ErrorItem] = []
 
 
-class ApiError(Exception):
-    """Raised anywhere in a request to answer with `status` and an `ErrorBody`."""
+class ApiError(HTTPException):
+    """Raised anywhere in a request to answer with `status` and an `ErrorBody`. An
+    HTTPException, so that FastAPI passes it on unchanged even from inside body reading."""
 
     def __init__(
         self,
@@ -38,9 +43,9 @@ class ApiError(Exception):
         error: str,
         message: str,
         errors: list[ErrorItem] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, headers)
         self.status = status
         self.body = ErrorBody(error=error, message=message, errors=errors or [])
         self.headers = headers
@@ -71,24 +76,55 @@ def _render(exc: ApiError) -> Response:
     )
 
 
+def reason_of(detail: ErrorDetails) -> str:
+    """Pydantic's message for one problem, without the "Value error, " of our own checks."""
+    return detail["msg"].removeprefix("Value error, ")
+
+
 def _field_of(loc: tuple[int | str, ...]) -> str | None:
     # FastAPI prefixes the part of the request ("query", "path", "body").
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("query", "path", "body") else loc
     return ".".join(str(p) for p in parts) or None
 
 
+# Error codes of the answers Starlette gives by itself (no route, wrong method, …).
+_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render `ApiError` and FastAPI's own parameter validation in the one error shape."""
+    """Render `ApiError`, Starlette's own HTTP errors and FastAPI's parameter validation in
+    the one error shape."""
 
     async def on_api_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return _render(exc)
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = exc.status_code
+        error = _STARLETTE_CODES.get(code) or HTTPStatus(code).phrase.lower().replace(" ", "_")
+        message = {
+            404: f"no route {request.method} {request.url.path}",
+            405: f"{request.method} is not allowed here",
+        }.get(code, str(exc.detail))
+        return _render(ApiError(code, error, message, headers=exc.headers))
+
     async def on_request_validation(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         details: list[dict[str, Any]] = list(exc.errors())
-        items = [ErrorItem(field=_field_of(tuple(d["loc"])), reason=d["msg"]) for d in details]
-        return _render(ApiError(422, "invalid_request", "the request is invalid", items))
+        if any(d["type"] == "json_invalid" for d in details):
+            return _render(ApiError(400, "malformed_json", "the body is not valid JSON"))
+        items = [
+            ErrorItem(field=_field_of(tuple(d["loc"])), reason=reason_of(d))  # type: ignore[arg-type]
+            for d in details
+        ]
+        message = (
+            f"{items[0].field}: {items[0].reason}"
+            if len(items) == 1 and items[0].field
+            else "the request is invalid"
+        )
+        return _render(ApiError(422, "invalid_request", message, items))
 
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)

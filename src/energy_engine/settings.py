@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # Analytics.
     default_window: timedelta = timedelta(hours=24)
     max_window: timedelta = timedelta(days=90)
+    # A 90-day window in hours, and the first and last hour cut to it.
+    max_series_points: PositiveInt = 90 * 24 + 1
+    # Bodies of the routes other than ingest (assignments): small JSON objects.
+    max_request_body_bytes: PositiveInt = 64 * 1024
     healthy_efficiency: float = Field(default=0.85, gt=0, le=1)
     warning_efficiency: float = Field(default=0.75, gt=0, le=1)
     min_ac_kwh: float = Field(default=1.0, ge=0)

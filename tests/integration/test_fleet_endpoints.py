@@ -102,14 +102,16 @@ async def test_hourly_series_points_are_the_report_of_each_step(
         assert point["avgBatteryTemp"] == report["avgBatteryTemp"]
         assert point["readings"] == report["readings"]
     assert points[0]["readings"] == {"vehicle": 0, "meter": 0}
+    # One rule for both sides: no readings of a side in a step, no energy figure for it.
     assert points[0]["socMin"] is None and points[0]["acConsumedKwh"] is None
+    assert points[0]["dcDeliveredKwh"] is None and points[0]["lossKwh"] is None
     # The hour T0+1h..T0+2h: readings at minutes 60..119, SoC 10 + m/5.
     assert points[2]["readings"] == {"vehicle": 60, "meter": 60}
     assert points[2]["socMin"] == pytest.approx(22.0)
     assert points[2]["socMax"] == pytest.approx(10 + 119 / 5, rel=1e-6)
     assert points[2]["dcDeliveredKwh"] == pytest.approx(60 * 0.92)
     assert points[2]["efficiency"] == pytest.approx(0.92)
-    total_dc = sum(p["dcDeliveredKwh"] for p in points)
+    total_dc = sum(p["dcDeliveredKwh"] or 0.0 for p in points)
     whole = await _get(
         fleet, "/v1/analytics/performance/V-a", **{"from": iso(start), "to": iso(end)}
     )
@@ -128,7 +130,7 @@ async def test_daily_series_has_one_point_per_utc_day(fleet: httpx.AsyncClient) 
     assert all(datetime.fromisoformat(p["to"]).hour == 0 for p in points[:-1])
     assert points[-1]["to"] == iso(at(180))
     assert sum(p["readings"]["vehicle"] for p in points) == 151
-    assert sum(p["dcDeliveredKwh"] for p in points) == pytest.approx(150 * 0.80)
+    assert sum(p["dcDeliveredKwh"] or 0.0 for p in points) == pytest.approx(150 * 0.80)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ FastAPI, so errors and documentation stay FastAPI's.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from urllib.parse import parse_qsl
 
@@ -19,11 +20,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from energy_engine.analytics.routes import performance_body
 from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
+from energy_engine.bounds import DEVICE_ID_PATTERN, When
 from energy_engine.errors import ApiError, error_json
 from energy_engine.settings import Settings
 
 PREFIX = "/v1/analytics/performance/"
-_WHEN = TypeAdapter(datetime)
+_WHEN: TypeAdapter[datetime] = TypeAdapter(When)
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 def _window(query_string: bytes) -> tuple[datetime | None, datetime | None] | None:
@@ -55,8 +58,7 @@ class AnalyticsMiddleware:
             if scope["type"] == "http"
             and scope["method"] == "GET"
             and path.startswith(PREFIX)
-            and vehicle_id
-            and "/" not in vehicle_id
+            and _DEVICE_ID.fullmatch(vehicle_id)
             else None
         )
         if window is None:

@@ -52,8 +52,12 @@ class VehicleSummary(BaseModel):
     model_config = _CAMEL
 
     vehicle_id: str
-    ac_consumed_kwh: float | None = Field(description="null when no meter data covers the window")
-    dc_delivered_kwh: float
+    ac_consumed_kwh: float | None = Field(
+        description="null when no assigned meter reported in the window"
+    )
+    dc_delivered_kwh: float | None = Field(
+        description="null when the vehicle did not report in the window"
+    )
     loss_kwh: float | None
     efficiency: float | None = Field(description="DC / AC as a fraction")
     avg_battery_temp: float | None
@@ -86,8 +90,10 @@ class SeriesPoint(BaseModel):
 
     from_: datetime = Field(serialization_alias="from")
     to: datetime
-    ac_consumed_kwh: float | None
-    dc_delivered_kwh: float
+    ac_consumed_kwh: float | None = Field(
+        description="null when no assigned meter reported in the step"
+    )
+    dc_delivered_kwh: float | None = Field(description="null when the vehicle did not report")
     loss_kwh: float | None
     efficiency: float | None
     avg_battery_temp: float | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import heapq
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, NamedTuple
 
 import orjson
@@ -29,32 +29,32 @@ from energy_engine.analytics.models import (
     judge,
 )
 from energy_engine.analytics.store import Performance
+from energy_engine.bounds import When, duration_text
 from energy_engine.db import Pool, as_sent
-from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep
+from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep, VehicleIdPath
 from energy_engine.errors import ErrorBody, invalid_request, not_found
 from energy_engine.settings import Settings
 
 router = APIRouter(tags=["analytics"])
 
-_WHEN = "ISO-8601 with a UTC offset, e.g. 2026-11-22T08:00:00Z"
+From = Annotated[When | None, Query(alias="from")]
+To = Annotated[When | None, Query(alias="to")]
 
 
 def resolve_window(
     start: datetime | None, end: datetime | None, settings: Settings
 ) -> tuple[datetime, datetime]:
-    """[from, to) from the query: `to` defaults to now, `from` to one default window before."""
-    for name, value in (("from", start), ("to", end)):
-        if value is not None and value.tzinfo is None:
-            raise invalid_request(
-                name, "add a UTC offset such as Z or +01:00", "times need a UTC offset"
-            )
+    """[from, to) from the query: `to` defaults to now, `from` to one default window before.
+    Each given time is already within `bounds.When`'s range."""
     end = end or datetime.now(UTC)
     start = start or end - settings.default_window
     if start >= end:
         raise invalid_request("from", "not before to", "from must be before to")
     if end - start > settings.max_window:
         raise invalid_request(
-            "from", "window too long", f"the window may span at most {settings.max_window}"
+            "from",
+            "window too long",
+            f"the window may span at most {duration_text(settings.max_window)}",
         )
     return start, end
 
@@ -71,37 +71,44 @@ class Figures(NamedTuple):
     vehicle_id: str
     found: Performance
     ac_kwh: float | None
-    dc_kwh: float
+    dc_kwh: float | None
     loss_kwh: float | None
     efficiency: float | None
     health: Health
 
 
+# One rule for both sides: a side's energy is known (a number, 0.0 when nothing flowed) only
+# where that side reported in the window; otherwise it is null, and so is everything made
+# from it. AC comes from the meters assigned to the vehicle, DC from the vehicle itself.
 def _ac(found: Performance) -> float | None:
-    # AC is known only where an assigned meter reported in the window.
     return found.meter_kwh if found.meter_readings else None
 
 
-# The report's rounded figures from AC (None: unknown) and DC; the fleet ranks on these.
-def _rounded_efficiency(ac: float | None, dc: float) -> float | None:
-    return round(dc / ac, 4) if ac else None
+def _dc(found: Performance) -> float | None:
+    return found.dc.kwh if found.dc.readings else None
 
 
-def _rounded_loss(ac: float | None, dc: float) -> float | None:
-    return None if ac is None else round(ac - dc, 6)
+# The report's rounded figures from AC and DC (None: unknown); the fleet ranks on these.
+def _rounded_efficiency(ac: float | None, dc: float | None) -> float | None:
+    return round(dc / ac, 4) if ac and dc is not None else None
 
 
-def _rounded_dc(ac: float | None, dc: float) -> float:
-    return round(dc, 6)
+def _rounded_loss(ac: float | None, dc: float | None) -> float | None:
+    return None if ac is None or dc is None else round(ac - dc, 6)
 
 
-def _health(ac: float | None, dc: float, settings: Settings) -> Health:
-    return judge(ac, dc / ac if ac else None, settings)  # on the unrounded efficiency
+def _rounded_dc(ac: float | None, dc: float | None) -> float | None:
+    return None if dc is None else round(dc, 6)
+
+
+def _health(ac: float | None, dc: float | None, settings: Settings) -> Health:
+    # On the unrounded efficiency.
+    return judge(ac, dc / ac if ac and dc is not None else None, settings)
 
 
 def figures(vehicle_id: str, found: Performance, settings: Settings) -> Figures:
     """The report's numbers for one vehicle's window, rounded, with its health class."""
-    dc = found.dc.kwh
+    dc = _dc(found)
     ac = _ac(found)
     return Figures(
         vehicle_id,
@@ -137,16 +144,16 @@ def _json(model: BaseModel) -> Response:
 
 
 @router.get(
-    "/v1/analytics/performance/{vehicle_id}",
+    "/v1/analytics/performance/{vehicleId}",
     response_model=PerformanceReport,
     responses={404: {"model": ErrorBody}},
 )
 async def vehicle_performance(
-    vehicle_id: str,
+    vehicle_id: VehicleIdPath,
     pool: PoolDep,
     settings: SettingsDep,
-    start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
-    end: Annotated[datetime | None, Query(alias="to", description=_WHEN)] = None,
+    start: From = None,
+    end: To = None,
 ) -> Response:
     """AC consumed vs DC delivered, efficiency, battery temperature and health over a window
     of up to 90 days (default: the last 24 hours)."""
@@ -170,7 +177,7 @@ async def performance_body(
 
 
 @router.get(
-    "/v1/analytics/performance/{vehicle_id}/series",
+    "/v1/analytics/performance/{vehicleId}/series",
     response_model=PerformanceSeries,
     responses={404: {"model": ErrorBody}},
 )
@@ -178,8 +185,8 @@ async def vehicle_series(
     vehicle_id: KnownVehicle,
     pool: PoolDep,
     settings: SettingsDep,
-    start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
-    end: Annotated[datetime | None, Query(alias="to", description=_WHEN)] = None,
+    start: From = None,
+    end: To = None,
     step: Annotated[Step, Query(description="1h or 1d; steps start on UTC hours or days")] = (
         Step.HOUR
     ),
@@ -188,6 +195,14 @@ async def vehicle_series(
     range of every UTC hour or day of the window (the first and last step cut to it). Each
     step's numbers are the report's for that step."""
     start, end = resolve_window(start, end, settings)
+    step_length = timedelta(hours=1) if step is Step.HOUR else timedelta(days=1)
+    if (end - start) / step_length > settings.max_series_points:
+        raise invalid_request(
+            "step",
+            f"more than {settings.max_series_points} steps",
+            f"a series holds at most {settings.max_series_points} steps; "
+            "use step=1d or a shorter window",
+        )
     async with pool.acquire() as conn:
         steps = await store.series(
             conn, vehicle_id, start, end, "hour" if step is Step.HOUR else "day", settings
@@ -317,14 +332,14 @@ def _rank(
     matching = 0
     keys = []
     for vehicle_id, found in numbers.items():
-        dc = found.dc.kwh
+        dc = _dc(found)
         ac = _ac(found)
         health = _health(ac, dc, settings)
         counts[health] += 1
-        dc_total += dc
+        dc_total += dc or 0.0
         if ac is not None:
             ac_total += ac
-            dc_with_ac += dc
+            dc_with_ac += dc or 0.0
         if wanted and health not in wanted:
             continue
         matching += 1
@@ -347,10 +362,9 @@ def _rank(
 async def fleet_performance(
     pool: PoolDep,
     settings: SettingsDep,
-    start: Annotated[datetime | None, Query(alias="from", description=_WHEN)] = None,
+    start: From = None,
     end: Annotated[
-        datetime | None,
-        Query(alias="to", description=_WHEN + "; default: the start of the current hour"),
+        When | None, Query(alias="to", description="default: the start of the current hour")
     ] = None,
     health: Annotated[
         list[str] | None,
@@ -393,7 +407,7 @@ async def fleet_performance(
             next_cursor=(
                 _encode_cursor(
                     query,
-                    _SORTED_BY[query.sort](_ac(last.found), last.found.dc.kwh),
+                    _SORTED_BY[query.sort](_ac(last.found), _dc(last.found)),
                     last.vehicle_id,
                 )
                 if last is not None and len(ranking.keys) > limit

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from energy_engine.ingest.models import DeviceId
+from energy_engine.bounds import DeviceId, When
 
 
 class AssignmentRequest(BaseModel):
@@ -17,7 +17,7 @@ class AssignmentRequest(BaseModel):
 
     vehicle_id: DeviceId
     meter_id: DeviceId
-    valid_from: AwareDatetime | None = None
+    valid_from: When | None = None
 
 
 class Assignment(BaseModel):

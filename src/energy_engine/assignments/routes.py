@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from energy_engine.assignments import store
 from energy_engine.assignments.models import Assignment, AssignmentRequest
-from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep
+from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep, UniqueKeys
 from energy_engine.errors import ApiError, ErrorBody, ErrorItem
 
 router = APIRouter(tags=["assignments"])
@@ -17,6 +17,7 @@ router = APIRouter(tags=["assignments"])
 @router.post(
     "/v1/assignments",
     status_code=201,
+    dependencies=[UniqueKeys],
     responses={
         200: {"model": Assignment, "description": "Already assigned; nothing changed"},
         409: {"model": ErrorBody, "description": "validFrom precedes an existing boundary"},
@@ -50,7 +51,7 @@ async def create_assignment(
     return Assignment.model_validate(dict(row))
 
 
-@router.get("/v1/vehicles/{vehicle_id}/assignments", responses={404: {"model": ErrorBody}})
+@router.get("/v1/vehicles/{vehicleId}/assignments", responses={404: {"model": ErrorBody}})
 async def list_assignments(vehicle_id: KnownVehicle, pool: PoolDep) -> list[Assignment]:
     """A vehicle's assignment history, oldest first."""
     async with pool.acquire() as conn:

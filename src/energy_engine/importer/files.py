@@ -36,6 +36,8 @@ from typing import IO, Any, Literal
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from energy_engine.bounds import duration_text
+from energy_engine.errors import reason_of
 from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
 from energy_engine.settings import Settings
 
@@ -439,16 +441,16 @@ class _Encoder:
                 if loc and loc[0] in _STREAM_TAGS:
                     loc.pop(0)
                 field = ".".join(str(part) for part in loc) or None
-                self.problems.append(Problem(path, line, field, error["msg"]))
+                self.problems.append(Problem(path, line, field, reason_of(error)))
             return False
         micros = _micros(reading.timestamp)
         # The same limits and words as the API's `ingest/parse.py`.
         if micros > self.latest:
-            reason = f"more than {self.settings.max_future_skew} in the future"
+            reason = f"more than {duration_text(self.settings.max_future_skew)} in the future"
             self.problems.append(Problem(path, line, "timestamp", reason))
             return False
         if micros < self.oldest:
-            reason = f"older than the maximum age of {self.settings.max_reading_age}"
+            reason = f"older than the maximum age of {duration_text(self.settings.max_reading_age)}"
             self.problems.append(Problem(path, line, "timestamp", reason))
             return False
         values: tuple[float, ...]

@@ -34,6 +34,7 @@ PATHS = {
     "/v1/ingest/meter": MeterReading,
     "/v1/ingest/vehicle": VehicleReading,
 }
+JSON_TYPE = "application/json"  # also assumed when a request names no Content-Type
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 
@@ -83,9 +84,9 @@ async def _read_readings(
     parser: ReadingParser[Any], scope: Scope, receive: Receive, limit: int
 ) -> list[Any]:
     headers = _headers(scope)
-    media_type = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    media_type = headers.get("content-type", JSON_TYPE).split(";")[0].strip().lower()
     is_ndjson = media_type in NDJSON_TYPES
-    if not is_ndjson and "json" not in media_type:
+    if not is_ndjson and media_type != JSON_TYPE:
         raise ApiError(
             415,
             "unsupported_media_type",

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    StringConstraints,
-    Tag,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag
 from pydantic.alias_generators import to_camel
 
-DeviceId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-Kwh = Annotated[float, Field(ge=0)]
+from energy_engine.bounds import BatteryTemp, DeviceId, Kwh, ReadingTime, Soc, Voltage
+
+__all__ = ["AnyReading", "DeviceId", "IngestResult", "MeterReading", "VehicleReading"]
 
 _READING_CONFIG = ConfigDict(
     alias_generator=to_camel,
@@ -35,8 +28,8 @@ class MeterReading(BaseModel):
 
     meter_id: DeviceId
     kwh_consumed_ac: Kwh
-    voltage: Annotated[float, Field(ge=0, le=1000)]
-    timestamp: AwareDatetime
+    voltage: Voltage
+    timestamp: ReadingTime
 
 
 class VehicleReading(BaseModel):
@@ -45,10 +38,10 @@ class VehicleReading(BaseModel):
     model_config = _READING_CONFIG
 
     vehicle_id: DeviceId
-    soc: Annotated[float, Field(ge=0, le=100)]
+    soc: Soc
     kwh_delivered_dc: Kwh
-    battery_temp: Annotated[float, Field(ge=-40, le=100)]
-    timestamp: AwareDatetime
+    battery_temp: BatteryTemp
+    timestamp: ReadingTime
 
 
 def _stream_of(item: Any) -> str | None:

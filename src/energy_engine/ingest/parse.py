@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,7 +10,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from energy_engine.errors import ApiError, ErrorItem
+from energy_engine.bounds import duration_text
+from energy_engine.errors import ApiError, ErrorItem, reason_of
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.settings import Settings
 
@@ -21,6 +23,43 @@ _STREAM_TAGS = ("meter", "vehicle")
 # rounding to zero) a non-zero value this small; `energy-engine import` refuses it too.
 _REAL_UNDERFLOW = 2.0**-150
 _UNDERFLOW = "too small to store (below 1e-45); send 0"
+
+
+def _quotes(model: type[MeterReading | VehicleReading]) -> int:
+    """How many `"` a valid reading of `model` holds in JSON, however it is spelt.
+
+    Validation keeps the last of two equal keys, so `{"soc": 5, "soc": 90}` would pass. Every
+    field is required and no value can hold a quote (ids are [A-Za-z0-9._:-], timestamps ISO
+    text), so a valid reading has exactly two quotes per key and per string value; counting
+    them (C speed, no second parse) tells whether any key came twice."""
+    fields = model.model_fields.values()
+    assert all(f.is_required() for f in fields), "the count assumes every field is required"
+    strings = sum(1 for f in fields if f.annotation is not float)  # the id and the timestamp
+    return 2 * len(fields) + 2 * strings
+
+
+_QUOTES = {MeterReading: _quotes(MeterReading), VehicleReading: _quotes(VehicleReading)}
+
+
+def _duplicate_keys(text: bytes | bytearray, is_batch: bool, line: int | None = None) -> ApiError:
+    """The 422 naming each repeated key; only called once the quote count says there is one.
+    Valid readings are flat objects, so the n-th object decoded is the n-th item."""
+    found: list[ErrorItem] = []
+    position = 0
+
+    def note(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal position
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                index = line if line is not None else position if is_batch else None
+                found.append(ErrorItem(index=index, field=key, reason="the key appears twice"))
+            seen.add(key)
+        position += 1
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=note)
+    return _invalid(found)
 
 
 def _sensor_values(reading: MeterReading | VehicleReading) -> list[tuple[str, float]]:
@@ -53,6 +92,8 @@ class ReadingParser(Generic[R]):
             )
         except ValidationError as exc:
             raise self._rejection(exc, is_batch) from None
+        if body.count(b'"') != sum(_QUOTES[type(r)] for r in readings):
+            raise _duplicate_keys(body, is_batch)
         problems = self.storable_problems(readings, is_batch)
         if problems:
             raise _invalid(problems)
@@ -75,7 +116,7 @@ class ReadingParser(Generic[R]):
         for d in details:
             loc = list(d["loc"])
             index = loc.pop(0) if is_batch and loc and isinstance(loc[0], int) else None
-            items.append(ErrorItem(index=index, field=_field(loc), reason=d["msg"]))
+            items.append(ErrorItem(index=index, field=_field(loc), reason=reason_of(d)))
         if not is_batch and any(
             d["type"] in ("model_type", "model_attributes_type") for d in details
         ):
@@ -96,9 +137,11 @@ class ReadingParser(Generic[R]):
         for position, reading in enumerate(readings):
             index = indexes[position] if indexes is not None else position
             if reading.timestamp > latest:
-                reason = f"more than {self.settings.max_future_skew} in the future"
+                reason = f"more than {duration_text(self.settings.max_future_skew)} in the future"
             elif reading.timestamp < oldest:
-                reason = f"older than the maximum age of {self.settings.max_reading_age}"
+                reason = (
+                    f"older than the maximum age of {duration_text(self.settings.max_reading_age)}"
+                )
             else:
                 continue
             problems.append(
@@ -161,17 +204,22 @@ class NdjsonParser(Generic[R]):
         if len(self._indexes) >= self._parser.settings.max_batch_items:
             raise _too_many(self._parser.settings)
         try:
-            self._readings.append(self._parser.single.validate_json(line))
-            self._indexes.append(index)
+            reading = self._parser.single.validate_json(line)
         except ValidationError as exc:
             details = exc.errors(include_url=False, include_input=False)
             if any(d["type"] == "json_invalid" for d in details):
                 self._malformed.append(ErrorItem(index=index, reason=details[0]["msg"]))
                 return
             self._invalid.extend(
-                ErrorItem(index=index, field=_field(list(d["loc"])), reason=d["msg"])
+                ErrorItem(index=index, field=_field(list(d["loc"])), reason=reason_of(d))
                 for d in details
             )
+            return
+        if line.count(b'"') != _QUOTES[type(reading)]:
+            self._invalid.extend(_duplicate_keys(line, True, index).body.errors)
+            return
+        self._readings.append(reading)
+        self._indexes.append(index)
 
 
 def _field(loc: list[int | str]) -> str | None:

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from energy_engine.db import as_sent
-from energy_engine.deps import PoolDep, SettingsDep
+from energy_engine.deps import MeterIdPath, PoolDep, SettingsDep, VehicleIdPath
 from energy_engine.energy import Reading, power_kw
 from energy_engine.errors import ErrorBody, invalid_request, not_found
 from energy_engine.settings import EnergySemantics, Settings
@@ -31,8 +31,10 @@ def _power(
     return None if power is None else round(power, 3)
 
 
-@router.get("/v1/vehicles/{vehicle_id}/status")
-async def vehicle_status(vehicle_id: str, pool: PoolDep, settings: SettingsDep) -> VehicleStatus:
+@router.get("/v1/vehicles/{vehicleId}/status")
+async def vehicle_status(
+    vehicle_id: VehicleIdPath, pool: PoolDep, settings: SettingsDep
+) -> VehicleStatus:
     """Latest state of a vehicle: SoC, energy, temperature, power, charging, online, meter."""
     async with pool.acquire() as conn:
         row = await store.vehicle_state(conn, vehicle_id)
@@ -61,8 +63,8 @@ async def vehicle_status(vehicle_id: str, pool: PoolDep, settings: SettingsDep) 
     )
 
 
-@router.get("/v1/meters/{meter_id}/status")
-async def meter_status(meter_id: str, pool: PoolDep, settings: SettingsDep) -> MeterStatus:
+@router.get("/v1/meters/{meterId}/status")
+async def meter_status(meter_id: MeterIdPath, pool: PoolDep, settings: SettingsDep) -> MeterStatus:
     """Latest state of a meter: energy, voltage, power, online, vehicle."""
     async with pool.acquire() as conn:
         row = await store.meter_state(conn, meter_id)
