@@ -51,6 +51,24 @@ class ApiError(HTTPException):
         self.headers = headers
 
 
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The error answers every route may give, for the OpenAPI document.
+Responses = dict[int | str, dict[str, Any]]
+INVALID: Responses = {422: _documented("Invalid parameters or body: each problem by field")}
+UNAVAILABLE: Responses = {
+    503: _documented("The database is unavailable or too slow: retry after Retry-After seconds")
+}
+UNKNOWN_DEVICE: Responses = {404: _documented("Unknown device")}
+BODY_REFUSED: Responses = {
+    400: _documented("Malformed JSON"),
+    413: _documented("Body too large"),
+    415: _documented("Not application/json"),
+}
+
+
 def not_found(what: str, ident: str) -> ApiError:
     """404 for an unknown device."""
     return ApiError(404, "not_found", f"{what} {ident!r} is unknown")

@@ -32,10 +32,10 @@ from energy_engine.analytics.store import Performance
 from energy_engine.bounds import When, duration_text
 from energy_engine.db import Pool, as_sent
 from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep, VehicleIdPath
-from energy_engine.errors import ErrorBody, invalid_request, not_found
+from energy_engine.errors import INVALID, UNAVAILABLE, UNKNOWN_DEVICE, invalid_request, not_found
 from energy_engine.settings import Settings
 
-router = APIRouter(tags=["analytics"])
+router = APIRouter(tags=["analytics"], responses={**INVALID, **UNAVAILABLE})
 
 From = Annotated[When | None, Query(alias="from")]
 To = Annotated[When | None, Query(alias="to")]
@@ -146,7 +146,7 @@ def _json(model: BaseModel) -> Response:
 @router.get(
     "/v1/analytics/performance/{vehicleId}",
     response_model=PerformanceReport,
-    responses={404: {"model": ErrorBody}},
+    responses=UNKNOWN_DEVICE,
 )
 async def vehicle_performance(
     vehicle_id: VehicleIdPath,
@@ -179,7 +179,7 @@ async def performance_body(
 @router.get(
     "/v1/analytics/performance/{vehicleId}/series",
     response_model=PerformanceSeries,
-    responses={404: {"model": ErrorBody}},
+    responses=UNKNOWN_DEVICE,
 )
 async def vehicle_series(
     vehicle_id: KnownVehicle,

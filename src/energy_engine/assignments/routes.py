@@ -9,9 +9,17 @@ from fastapi import APIRouter, Response
 from energy_engine.assignments import store
 from energy_engine.assignments.models import Assignment, AssignmentRequest
 from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep, UniqueKeys
-from energy_engine.errors import ApiError, ErrorBody, ErrorItem
+from energy_engine.errors import (
+    BODY_REFUSED,
+    INVALID,
+    UNAVAILABLE,
+    UNKNOWN_DEVICE,
+    ApiError,
+    ErrorBody,
+    ErrorItem,
+)
 
-router = APIRouter(tags=["assignments"])
+router = APIRouter(tags=["assignments"], responses={**INVALID, **UNAVAILABLE})
 
 
 @router.post(
@@ -21,6 +29,7 @@ router = APIRouter(tags=["assignments"])
     responses={
         200: {"model": Assignment, "description": "Already assigned; nothing changed"},
         409: {"model": ErrorBody, "description": "validFrom precedes an existing boundary"},
+        **BODY_REFUSED,
     },
 )
 async def create_assignment(
@@ -51,7 +60,7 @@ async def create_assignment(
     return Assignment.model_validate(dict(row))
 
 
-@router.get("/v1/vehicles/{vehicleId}/assignments", responses={404: {"model": ErrorBody}})
+@router.get("/v1/vehicles/{vehicleId}/assignments", responses=UNKNOWN_DEVICE)
 async def list_assignments(vehicle_id: KnownVehicle, pool: PoolDep) -> list[Assignment]:
     """A vehicle's assignment history, oldest first."""
     async with pool.acquire() as conn:

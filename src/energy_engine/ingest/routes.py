@@ -16,7 +16,7 @@ _ERRORS = {
     "413": "Body or batch too large",
     "415": "Neither JSON nor NDJSON, or an unsupported Content-Encoding",
     "422": "Invalid readings: each problem by index (array position or NDJSON line) and field",
-    "503": "Write queue full: retry after Retry-After seconds",
+    "503": "Write queue full or database unavailable: retry after Retry-After seconds",
 }
 
 _PATHS = {
@@ -38,17 +38,10 @@ def _operation(item: str, summary: str) -> dict[str, Any]:
         "description": (
             "One reading, a JSON array or NDJSON (one reading per line); all or nothing. "
             "Answered only once the readings are committed. A retried reading is counted as "
-            "a duplicate and stored once. The body may be gzip-compressed."
+            "a duplicate and stored once. The body may be gzip-compressed "
+            "(`Content-Encoding: gzip`)."
         ),
         "operationId": "ingest_" + item,
-        "parameters": [
-            {
-                "name": "Content-Encoding",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "enum": ["identity", "gzip"]},
-            }
-        ],
         "requestBody": {
             "required": True,
             "content": {

@@ -11,12 +11,12 @@ from fastapi import APIRouter, Query
 from energy_engine.db import as_sent
 from energy_engine.deps import MeterIdPath, PoolDep, SettingsDep, VehicleIdPath
 from energy_engine.energy import Reading, power_kw
-from energy_engine.errors import ErrorBody, invalid_request, not_found
+from energy_engine.errors import INVALID, UNAVAILABLE, UNKNOWN_DEVICE, invalid_request, not_found
 from energy_engine.settings import EnergySemantics, Settings
 from energy_engine.status import store
 from energy_engine.status.models import FleetStatus, MeterStatus, StaleDevice, VehicleStatus
 
-router = APIRouter(tags=["status"], responses={404: {"model": ErrorBody}})
+router = APIRouter(tags=["status"], responses={**INVALID, **UNAVAILABLE})
 
 
 def _online(read_at: datetime, settings: Settings) -> bool:
@@ -31,7 +31,7 @@ def _power(
     return None if power is None else round(power, 3)
 
 
-@router.get("/v1/vehicles/{vehicleId}/status")
+@router.get("/v1/vehicles/{vehicleId}/status", responses=UNKNOWN_DEVICE)
 async def vehicle_status(
     vehicle_id: VehicleIdPath, pool: PoolDep, settings: SettingsDep
 ) -> VehicleStatus:
@@ -63,7 +63,7 @@ async def vehicle_status(
     )
 
 
-@router.get("/v1/meters/{meterId}/status")
+@router.get("/v1/meters/{meterId}/status", responses=UNKNOWN_DEVICE)
 async def meter_status(meter_id: MeterIdPath, pool: PoolDep, settings: SettingsDep) -> MeterStatus:
     """Latest state of a meter: energy, voltage, power, online, vehicle."""
     async with pool.acquire() as conn:
