@@ -58,6 +58,17 @@ BAD_ITEMS: list[tuple[str, dict[str, Any], str | None]] = [
     ("timestamp as epoch number", _meter(timestamp=1_763_800_000), "timestamp"),
     ("timestamp not a date", _meter(timestamp="yesterday"), "timestamp"),
     ("timestamp a day ahead", _meter(timestamp=iso(NOW + timedelta(days=1))), "timestamp"),
+    ("timestamp in year 1", _meter(timestamp="0001-01-01T00:00:00Z"), "timestamp"),
+    ("timestamp in year 9999", _meter(timestamp="9999-12-31T23:59:59Z"), "timestamp"),
+    (
+        "timestamp in nanoseconds",
+        _meter(timestamp=iso(NOW).replace("Z", ".123456789Z")),
+        "timestamp",
+    ),
+    ("AC register of 1e308 kWh", _meter(kwhConsumedAc=1e308), "kwhConsumedAc"),
+    ("DC register of 1e308 kWh", _vehicle(kwhDeliveredDc=1e308), "kwhDeliveredDc"),
+    ("DC register past 1e9 kWh", _vehicle(kwhDeliveredDc=1e9 * 1.000001), "kwhDeliveredDc"),
+    ("id with a NUL", _vehicle(vehicleId="a\x00b"), "vehicleId"),
     ("timestamp too old", _vehicle(timestamp=iso(NOW - timedelta(days=31))), "timestamp"),
 ]
 
