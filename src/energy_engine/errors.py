@@ -143,6 +143,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return _render(ApiError(422, "invalid_request", message, items))
 
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        # A bug, not the client's fault: the client still gets the one error shape (the
+        # server log keeps the traceback).
+        return _render(ApiError(500, "internal_error", "the engine failed; this is a bug"))
+
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)

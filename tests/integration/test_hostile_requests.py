@@ -3,6 +3,7 @@ bodies, repeated keys. Each gets a 4xx in the one error shape that names what is
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -202,3 +203,53 @@ async def test_a_reading_far_in_the_past_names_its_age_limit(client: httpx.Async
     old = meter("M-1", minute_ago(0) - timedelta(days=31), 1.0)
     body = _error(await client.post("/v1/ingest", json=old), 422)
     assert body["errors"][0]["reason"] == "older than the maximum age of 30 days"
+
+
+def _cursor(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "cursor"),
+    [
+        ("/v1/fleet/status", _cursor(b"2026-11-28T10:00:00+00:00|vehicle|a\x00b")),
+        ("/v1/fleet/status", _cursor(b"0001-01-01T00:00:00+00:00|vehicle|V-1")),
+        ("/v1/fleet/status", _cursor(b"2026-11-28T10:00:00+00:00|robot|V-1")),
+        ("/v1/fleet/status", "not base64 at all \u20ac"),
+        ("/v1/analytics/fleet", _cursor(b'{"from": "0001-01-01T00:00:00Z"}')),
+        (
+            "/v1/analytics/fleet",
+            _cursor(
+                orjson.dumps(
+                    {
+                        "from": "0001-01-01T00:00:00+00:00",
+                        "to": "0001-01-02T00:00:00+00:00",
+                        "sort": "efficiency",
+                        "order": "asc",
+                        "health": [],
+                        "after": [0.5, "V-1"],
+                    }
+                )
+            ),
+        ),
+        (
+            "/v1/analytics/fleet",
+            _cursor(
+                orjson.dumps(
+                    {
+                        "from": "2025-01-01T00:00:00+00:00",
+                        "to": "2026-01-01T00:00:00+00:00",
+                        "sort": "efficiency",
+                        "order": "asc",
+                        "health": [],
+                        "after": [0.5, "V-1"],
+                    }
+                )
+            ),
+        ),
+    ],
+    ids=["NUL id", "year 1", "unknown kind", "not base64", "partial", "year 1", "a year"],
+)
+async def test_crafted_cursors_are_422(client: httpx.AsyncClient, path: str, cursor: str) -> None:
+    body = _error(await client.get(path, params={"cursor": cursor}), 422)
+    assert body["errors"][0]["field"] in ("cursor", "from")

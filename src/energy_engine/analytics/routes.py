@@ -11,7 +11,7 @@ from typing import Annotated, NamedTuple
 import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from energy_engine.analytics import fleet, store
 from energy_engine.analytics.models import (
@@ -271,13 +271,16 @@ def _encode_cursor(query: _Query, value: float | None, vehicle_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
+_CURSOR_TIME: TypeAdapter[datetime] = TypeAdapter(When)
+
+
 def _decode_cursor(cursor: str) -> tuple[_Query, float | None, str]:
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
         value, vehicle_id = raw["after"]
         query = _Query(
-            datetime.fromisoformat(raw["from"]),
-            datetime.fromisoformat(raw["to"]),
+            _CURSOR_TIME.validate_python(raw["from"]),
+            _CURSOR_TIME.validate_python(raw["to"]),
             FleetSort(raw["sort"]),
             Order(raw["order"]),
             tuple(Health(h) for h in raw["health"]),
@@ -381,6 +384,7 @@ async def fleet_performance(
     if cursor is not None:
         # The cursor pins the window, the order and the filter of the first page.
         query, after_value, after_id = _decode_cursor(cursor)
+        resolve_window(query.start, query.end, settings)  # a cursor is input like any other
         after = _sort_key(after_value, after_id, query.order is Order.ASC)
     else:
         if end is None:
