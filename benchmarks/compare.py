@@ -1,0 +1,111 @@
+"""Two revisions of the engine side by side, interleaved in one run: single-reading POST,
+batches of 1,000, and the 24 h performance report (the rows a change to the request path can
+move). Figures from different days differ by up to a third on a shared machine; ratios from
+one interleaved run do not.
+
+    git worktree add /tmp/base <revision>
+    .venv/bin/python benchmarks/compare.py --base /tmp/base/src --new src --rounds 3
+
+Each revision runs against its own database on one embedded PostgreSQL, seeded with the same
+simulated fleet (1,000 meters and vehicles × 24 h) through its own `import`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from energy_engine import db
+from energy_engine.bench import harness
+from energy_engine.bench.scenarios import _post_assignments, _rollups_caught_up, _vacuum
+
+SCRIPTS = Path(__file__).resolve().parent
+LOADS = [
+    # (name, script, connections, readings per request)
+    ("single POST", "single.lua", 64, 1),
+    ("batch of 1,000", "batch.lua", 8, 1000),
+    ("24 h report", "analytics.lua", 10, 0),
+]
+
+
+def _cli(src: str, *args: str, database_url: str | None = None) -> None:
+    env = {**os.environ, "PYTHONPATH": src}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    subprocess.run(
+        [sys.executable, "-m", "energy_engine.cli", *args], env=env, check=True, capture_output=True
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="src/ of the revision compared against")
+    parser.add_argument("--new", required=True, help="src/ of the revision measured")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=20)
+    options = parser.parse_args()
+    trees = {"base": str(Path(options.base).resolve()), "new": str(Path(options.new).resolve())}
+    wrk = harness.ensure_wrk()
+    results: dict[tuple[str, str], list[harness.WrkRun]] = {}
+    with tempfile.TemporaryDirectory(prefix="energy-compare-") as work:
+        fleet = Path(work) / "fleet.ndjson"
+        _cli(trees["new"], "simulate", "--meters", "1000", "--vehicles", "1000", "--backfill",
+             "1", "--out", str(fleet), "--seed", "7")  # fmt: skip
+        with db.embedded_postgres(Path(work) / "pgdata", cleanup=True) as admin:
+            urls = {}
+            for name, src in trees.items():
+                database = f"compare_{name}_{uuid.uuid4().hex[:6]}"
+                asyncio.run(db.run_statements(admin, f"CREATE DATABASE {database}"))
+                urls[name] = db.with_database(admin, database)
+                _cli(src, "import", str(fleet), "--quiet", database_url=urls[name])
+            for round_ in range(options.rounds):
+                for name, src in trees.items():
+                    os.environ["PYTHONPATH"] = src
+                    log = Path(work) / f"{name}.log"
+                    with harness.engine(urls[name], log=log) as base:
+                        if round_ == 0:
+                            asyncio.run(_post_assignments(base, fleet))
+                            asyncio.run(_rollups_caught_up(urls[name]))
+                            asyncio.run(_vacuum(urls[name]))
+                        for label, script, connections, _ in LOADS:
+                            env = {
+                                "BENCH_PREFIX": f"c{uuid.uuid4().hex[:6]}",
+                                "BENCH_BATCH": "1000",
+                                "BENCH_VEHICLES": "1000",
+                            }
+                            run = harness.run_wrk(
+                                wrk, SCRIPTS, script, base, connections=connections,
+                                seconds=options.seconds, env=env,
+                            )  # fmt: skip
+                            results.setdefault((label, name), []).append(run)
+                            print(
+                                f"round {round_ + 1} {name:4} {label:15} {run.per_second:9,.0f} "
+                                f"req/s p50 {run.p50_ms:6.2f} ms p99 {run.p99_ms:6.2f} ms "
+                                f"errors {run.status_errors}+{run.socket_errors}",
+                                flush=True,
+                            )
+    print("\n| load | base (median) | new (median) | new / base |\n|---|---|---|---|")
+    for label, _, _, per_request in LOADS:
+        medians = {}
+        for name in trees:
+            runs = results[(label, name)]
+            rate = statistics.median(r.per_second for r in runs) * max(per_request, 1)
+            p99 = statistics.median(r.p99_ms for r in runs)
+            medians[name] = (rate, p99)
+        unit = "readings/s" if per_request > 1 else "req/s"
+        (b_rate, b_p99), (n_rate, n_p99) = medians["base"], medians["new"]
+        print(
+            f"| {label} | {b_rate:,.0f} {unit}, p99 {b_p99:.1f} ms | "
+            f"{n_rate:,.0f} {unit}, p99 {n_p99:.1f} ms | {n_rate / b_rate:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
