@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -21,7 +20,7 @@ from energy_engine.analytics.endpoint import AnalyticsMiddleware
 from energy_engine.analytics.routes import router as analytics_router
 from energy_engine.assignments.routes import router as assignments_router
 from energy_engine.deps import PoolDep
-from energy_engine.errors import install_error_handlers
+from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest import routes as ingest
 from energy_engine.ingest.endpoint import IngestMiddleware
 from energy_engine.ingest.models import AnyReading
@@ -42,8 +41,8 @@ async def _maintain_partitions(pool: db.Pool, settings: Settings) -> None:
         try:
             async with pool.acquire() as conn:
                 await db.ensure_partitions_ahead(conn, settings)
-        except Exception:  # the next round retries; ingest creates partitions on demand anyway
-            log.exception("partition maintenance failed")
+        except Exception as exc:  # the next round retries; ingest creates them on demand anyway
+            _log_failure("partition maintenance", exc)
 
 
 async def _refresh_rollups(pool: db.Pool, settings: Settings) -> None:
@@ -51,9 +50,18 @@ async def _refresh_rollups(pool: db.Pool, settings: Settings) -> None:
     while True:
         try:
             await rollups.refresh(pool, settings, datetime.now(UTC))
-        except Exception:  # the next round retries; analytics read raw rows meanwhile
-            log.exception("rollup refresh failed")
+        except Exception as exc:  # the next round retries; analytics read raw rows meanwhile
+            _log_failure("rollup refresh", exc)
         await asyncio.sleep(settings.rollup_refresh_every.total_seconds())
+
+
+def _log_failure(task: str, exc: Exception) -> None:
+    """A background round that failed: one line for an outage, the traceback for a bug."""
+    found = outage(exc)
+    if found is None:
+        log.exception("%s failed", task)
+    else:
+        log_outage(task, found)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -102,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_outage_handlers(app)
     app.add_middleware(IngestMiddleware, settings=settings)
     app.add_middleware(AnalyticsMiddleware, settings=settings)
     app.include_router(assignments_router)
@@ -119,8 +128,11 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
-        except (OSError, asyncpg.PostgresError) as exc:
-            return _status(503, "database unreachable: " + type(exc).__name__)
+        except Exception as exc:
+            found = outage(exc)
+            if found is None:
+                raise
+            return _status(503, "database unreachable: " + found.reason)
         if pending:
             return _status(503, f"{pending} migrations pending")
         return _status(200, "ok")
