@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from energy_engine.errors import outage
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,31 @@ class _BoundedPool(_PoolBase):
         return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
 
 
+class _OneLineOutages(logging.Filter):
+    """asyncpg's pool retries its connection floor while the database is down and logs each
+    failed try with a traceback; an outage is expected, so the line keeps its reason only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the traceback of an outage from `record` (every record passes)."""
+        exc = record.exc_info[1] if record.exc_info else None
+        found = outage(exc) if exc is not None else None
+        if found is not None:
+            record.msg = f"{record.getMessage()}: {found.reason}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_ONE_LINE_OUTAGES = _OneLineOutages()
+
+
 async def _open_pool(
     url: str, settings: Settings, *, min_size: int, max_size: int, server_settings: dict[str, str]
 ) -> Pool:
     """A bounded pool: connects within `connect_timeout`, hands out connections within
     `acquire_timeout`, and no command waits on the server longer than `command_timeout`."""
+    logging.getLogger("asyncpg.pool").addFilter(_ONE_LINE_OUTAGES)  # once: filters are a set
     pool = _BoundedPool(
         url,
         connection_class=asyncpg.Connection,
