@@ -124,10 +124,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health/ready", tags=["operations"], responses={503: {"description": "Not ready"}})
     async def ready(pool: PoolDep) -> Response:
-        """PostgreSQL answers and every migration is applied."""
+        """PostgreSQL answers and every migration is applied. `rollupQuarantinedHours`: the
+        device-hours the rollup refresher could not aggregate (read from raw rows instead,
+        still exact; see rollups.store); not a reason to take the engine out of service."""
         try:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
+                quarantined = None if pending else await rollups.quarantined(conn)
         except Exception as exc:
             found = outage(exc)
             if found is None:
@@ -135,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, "database unreachable: " + found.reason)
         if pending:
             return _status(503, f"{pending} migrations pending")
-        return _status(200, "ok")
+        return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -146,9 +149,9 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings())
 
 
-def _status(code: int, status: str) -> Response:
+def _status(code: int, status: str, **more: object) -> Response:
     return Response(
-        orjson.dumps({"status": status}), status_code=code, media_type="application/json"
+        orjson.dumps({"status": status, **more}), status_code=code, media_type="application/json"
     )
 
 
