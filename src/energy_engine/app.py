@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -131,10 +132,10 @@ def create_app(settings: Settings) -> FastAPI:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
                 quarantined = None if pending else await rollups.quarantined(conn)
-        except Exception as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             found = outage(exc)
-            if found is None:
-                raise
+            if found is None:  # e.g. a role without rights: not ready either, and why
+                return _status(503, f"database error: {type(exc).__name__}: {exc}")
             return _status(503, "database unreachable: " + found.reason)
         if pending:
             return _status(503, f"{pending} migrations pending")

@@ -152,6 +152,11 @@ def outage(exc: BaseException) -> Outage | None:
             return Outage(False, f"{reason}: {_detail(exc)}")
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return Outage(False, f"the connection was closed: {_detail(exc)}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Seen when the server ends an idle pooled connection (a shutdown's FATAL message)
+        # just as a statement is sent on it: the protocol is still consuming the error. The
+        # connection is gone either way; the request can be retried on a new one.
+        return Outage(False, f"the connection broke mid-operation: {_detail(exc)}")
     return None
 
 

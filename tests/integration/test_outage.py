@@ -194,3 +194,39 @@ async def test_an_outage_answers_503_and_the_engine_recovers(
     # Expected outages leave warning lines, never a traceback.
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
     assert any("database unavailable" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_frozen_database_answers_503_in_bounded_time(
+    engine: FastAPI, private_postgres: PrivatePostgres
+) -> None:
+    """PostgreSQL that stops answering without closing anything (every process suspended, as
+    on a hung host): the client-side timeouts end each request with a 503, not a hang."""
+    import psutil  # type: ignore[import-untyped]  # pgserver's dependency
+
+    transport = httpx.ASGITransport(app=engine)
+    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+        at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        assert (await client.post("/v1/ingest", json=vehicle("V-0", at, 1.0))).status_code == 200
+        postmaster = psutil.Process(private_postgres.server.get_pid())
+        frozen = [postmaster, *postmaster.children(recursive=True)]
+        for process in frozen:
+            process.suspend()
+        try:
+            requests = [
+                client.post("/v1/ingest", json=vehicle("V-0", at + timedelta(seconds=1), 2.0)),
+                client.get("/v1/vehicles/V-0/status"),
+                client.get("/v1/analytics/performance/V-0"),
+                client.get("/v1/fleet/status"),
+            ]
+            started = time.monotonic()
+            answers = await asyncio.wait_for(asyncio.gather(*requests), REQUEST_BOUND_S)
+            assert time.monotonic() - started < REQUEST_BOUND_S
+            for response in answers:
+                assert _is_outage_answer(response), (response.request.url, response.text)
+        finally:
+            for process in frozen:
+                process.resume()
+        deadline = time.monotonic() + 15
+        while (await client.get("/v1/vehicles/V-0/status")).status_code != 200:
+            assert time.monotonic() < deadline, "the engine did not recover"
+            await asyncio.sleep(0.2)
