@@ -97,6 +97,13 @@ async def poisoned(conn: asyncpg.Connection) -> AsyncIterator[dict[str, list[Rea
     # The hot rows as a poison reading left them: the latest reading absurd.
     await _write(conn, "V-bad", [Reading(END - timedelta(minutes=1), 1e308)])
     await _write(conn, "M-bad", [Reading(END - timedelta(minutes=1), -1e308)])
+    # A hot row with NaN and infinite values, online (it counts in the fleet's averages).
+    await _write(conn, "V-nan", [Reading(END - timedelta(minutes=1), 1.0)])
+    await conn.execute(
+        "UPDATE vehicle_state SET read_at = now(), kwh_delivered_dc = 'NaN', soc = 'Infinity',"
+        " battery_temp = 'NaN', prev_read_at = now() - interval '1 minute',"
+        " prev_kwh_delivered_dc = '-Infinity' WHERE vehicle_id = 'V-nan'"
+    )
     for number, vehicle in enumerate((*GOOD, "V-bad"), start=1):
         meter = "M" + vehicle[1:]
         await conn.execute(
@@ -179,13 +186,17 @@ async def _reports(
     fleet = await client.get("/v1/analytics/fleet", params={**window, "limit": 10})
     assert fleet.status_code == 200, fleet.text
     ranked = {v["vehicleId"]: v for v in fleet.json()["vehicles"]}
-    assert set(ranked) == {*GOOD, "V-bad"}
+    assert set(ranked) == {*GOOD, "V-bad", "V-nan"}
     for vehicle in GOOD:
         assert ranked[vehicle] == {
             k: v for k, v in reports[vehicle].items() if k not in ("from", "to")
         }
-    assert (await client.get("/v1/fleet/status")).status_code == 200
-    assert (await client.get("/v1/meters/M-bad/status")).status_code == 200
+    fleet_status = await client.get("/v1/fleet/status")
+    assert fleet_status.status_code == 200, fleet_status.text
+    assert fleet_status.json()["vehiclesOnline"] == 1  # V-nan
+    for path in ("/v1/meters/M-bad/status", "/v1/vehicles/V-nan/status"):
+        response = await client.get(path)
+        assert response.status_code == 200, response.text
     return reports
 
 
