@@ -162,7 +162,9 @@ def outage(exc: BaseException) -> Outage | None:
 
 def unavailable(exc: BaseException, retry_after: timedelta) -> ApiError | None:
     """The 503 answering `exc` when it is an outage (logged, at most one line per interval);
-    None when it is not one."""
+    None when it is not one. 503, not 504, for a statement out of time too: the engine is the
+    service, not a gateway, and 503 + Retry-After is the one "not now" clients handle (the
+    error code tells `database_timeout` from `database_unavailable`)."""
     found = outage(exc)
     if found is None:
         return None
