@@ -26,9 +26,10 @@ steps AS (
     WINDOW w AS (ORDER BY read_at)
 )
 SELECT count(*) AS readings,
-       coalesce(sum(added) FILTER (WHERE seconds IS NULL OR added * 3600 <= $5 * seconds), 0)
+       coalesce(sum(added) FILTER (WHERE seconds IS NULL
+                                       OR abs(added) <= $5 * seconds / 3600), 0)
            AS kwh,
-       count(*) FILTER (WHERE added * 3600 > $5 * seconds) AS skipped,
+       count(*) FILTER (WHERE abs(added) > $5 * seconds / 3600) AS skipped,
        avg(battery_temp) AS avg_battery_temp
 FROM steps
 WHERE read_at >= $2
@@ -72,9 +73,10 @@ CROSS JOIN LATERAL (
         WINDOW w AS (ORDER BY read_at)
     )
     SELECT count(*) AS readings,
-           coalesce(sum(added) FILTER (WHERE seconds IS NULL OR added * 3600 <= $5 * seconds), 0)
+           coalesce(sum(added) FILTER (WHERE seconds IS NULL
+                                       OR abs(added) <= $5 * seconds / 3600), 0)
                AS kwh,
-           count(*) FILTER (WHERE added * 3600 > $5 * seconds) AS skipped
+           count(*) FILTER (WHERE abs(added) > $5 * seconds / 3600) AS skipped
     FROM steps
     WHERE read_at >= s.seg_from
 ) AS e

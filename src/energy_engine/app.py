@@ -22,7 +22,7 @@ from energy_engine.analytics.routes import router as analytics_router
 from energy_engine.asgi import BodyLimit
 from energy_engine.assignments.routes import router as assignments_router
 from energy_engine.deps import PoolDep
-from energy_engine.errors import install_error_handlers
+from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest import routes as ingest
 from energy_engine.ingest.endpoint import IngestMiddleware
 from energy_engine.ingest.models import AnyReading
@@ -43,8 +43,8 @@ async def _maintain_partitions(pool: db.Pool, settings: Settings) -> None:
         try:
             async with pool.acquire() as conn:
                 await db.ensure_partitions_ahead(conn, settings)
-        except Exception:  # the next round retries; ingest creates partitions on demand anyway
-            log.exception("partition maintenance failed")
+        except Exception as exc:  # the next round retries; ingest creates them on demand anyway
+            _log_failure("partition maintenance", exc)
 
 
 async def _refresh_rollups(pool: db.Pool, settings: Settings) -> None:
@@ -52,9 +52,18 @@ async def _refresh_rollups(pool: db.Pool, settings: Settings) -> None:
     while True:
         try:
             await rollups.refresh(pool, settings, datetime.now(UTC))
-        except Exception:  # the next round retries; analytics read raw rows meanwhile
-            log.exception("rollup refresh failed")
+        except Exception as exc:  # the next round retries; analytics read raw rows meanwhile
+            _log_failure("rollup refresh", exc)
         await asyncio.sleep(settings.rollup_refresh_every.total_seconds())
+
+
+def _log_failure(task: str, exc: Exception) -> None:
+    """A background round that failed: one line for an outage, the traceback for a bug."""
+    found = outage(exc)
+    if found is None:
+        log.exception("%s failed", task)
+    else:
+        log_outage(task, found)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -105,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     routers = [assignments_router, status_router, analytics_router]
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=routers)
+    install_outage_handlers(app)
     app.add_middleware(IngestMiddleware, settings=settings)
     app.add_middleware(AnalyticsMiddleware, settings=settings)
     for router in routers:
@@ -117,15 +127,21 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health/ready", tags=["operations"], responses={503: {"description": "Not ready"}})
     async def ready(pool: PoolDep) -> Response:
-        """PostgreSQL answers and every migration is applied."""
+        """PostgreSQL answers and every migration is applied. `rollupQuarantinedHours`: the
+        device-hours the rollup refresher could not aggregate (read from raw rows instead,
+        still exact; see rollups.store); not a reason to take the engine out of service."""
         try:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
-        except (OSError, asyncpg.PostgresError) as exc:
-            return _status(503, "database unreachable: " + type(exc).__name__)
+                quarantined = None if pending else await rollups.quarantined(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            found = outage(exc)
+            if found is None:  # e.g. a role without rights: not ready either, and why
+                return _status(503, f"database error: {type(exc).__name__}: {exc}")
+            return _status(503, "database unreachable: " + found.reason)
         if pending:
             return _status(503, f"{pending} migrations pending")
-        return _status(200, "ok")
+        return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -136,9 +152,9 @@ def app_from_environment() -> FastAPI:
     return create_app(Settings())
 
 
-def _status(code: int, status: str) -> Response:
+def _status(code: int, status: str, **more: object) -> Response:
     return Response(
-        orjson.dumps({"status": status}), status_code=code, media_type="application/json"
+        orjson.dumps({"status": status, **more}), status_code=code, media_type="application/json"
     )
 
 

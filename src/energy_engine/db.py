@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from energy_engine.errors import outage
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,94 @@ async def _keep_session(conn: Connection) -> None:
     migration lock is released in a `finally`), and nothing listens or keeps a cursor."""
 
 
+# --- Bounded database work (hardening) -------------------------------------------------------
+
+if TYPE_CHECKING:
+    _PoolBase: TypeAlias = asyncpg.Pool[asyncpg.Record]
+else:
+    _PoolBase = asyncpg.Pool
+
+
+class _BoundedPool(_PoolBase):
+    """asyncpg's pool, with a default for how long `acquire()` waits for a connection: when the
+    database hangs, every request waiting for a pooled connection gives up in time (a
+    TimeoutError, answered 503) instead of queueing forever behind the hung ones."""
+
+    acquire_timeout: float | None = None
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        """A pooled connection, waiting at most `timeout` (default: the pool's)."""
+        return super().acquire(timeout=self.acquire_timeout if timeout is None else timeout)
+
+
+class _OneLineOutages(logging.Filter):
+    """asyncpg's pool retries its connection floor while the database is down and logs each
+    failed try with a traceback; an outage is expected, so the line keeps its reason only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the traceback of an outage from `record` (every record passes)."""
+        exc = record.exc_info[1] if record.exc_info else None
+        found = outage(exc) if exc is not None else None
+        if found is not None:
+            record.msg = f"{record.getMessage()}: {found.reason}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_ONE_LINE_OUTAGES = _OneLineOutages()
+
+
+async def _open_pool(
+    url: str, settings: Settings, *, min_size: int, max_size: int, server_settings: dict[str, str]
+) -> Pool:
+    """A bounded pool: connects within `connect_timeout`, hands out connections within
+    `acquire_timeout`, and no command waits on the server longer than `command_timeout`."""
+    logging.getLogger("asyncpg.pool").addFilter(_ONE_LINE_OUTAGES)  # once: filters are a set
+    pool = _BoundedPool(
+        url,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        reset=_keep_session,
+        loop=None,
+        timeout=settings.connect_timeout.total_seconds(),
+        command_timeout=settings.command_timeout.total_seconds(),
+        server_settings=server_settings,
+    )
+    pool.acquire_timeout = settings.acquire_timeout.total_seconds()
+    await pool  # opens the first connections
+    return pool
+
+
+async def read_limits(url: str, settings: Settings) -> dict[str, str]:
+    """The request pool's per-session limits: `statement_timeout`, and `temp_file_limit` when
+    the role may set it. temp_file_limit is superuser-only (or granted with GRANT SET ON
+    PARAMETER); asked for in the connection's settings by a role without the right, every
+    connection would fail, so it is tried once here and left out, with one warning, if refused.
+    """
+    limits = {"statement_timeout": str(int(settings.statement_timeout.total_seconds() * 1000))}
+    if not settings.temp_file_limit_mb:
+        return limits
+    wanted = f"{settings.temp_file_limit_mb}MB"
+    conn = await asyncpg.connect(url, timeout=settings.connect_timeout.total_seconds())
+    try:
+        await conn.execute("SELECT set_config('temp_file_limit', $1, false)", wanted)
+    except asyncpg.InsufficientPrivilegeError:
+        log.warning(
+            "temp_file_limit not set: the database role may not set it (a superuser can "
+            "GRANT SET ON PARAMETER temp_file_limit); reads' temporary files are unbounded"
+        )
+        return limits
+    finally:
+        await conn.close()
+    return {**limits, "temp_file_limit": wanted}
+
+
 async def create_pool(url: str, settings: Settings) -> Pool:
     """Open the request pool; every session works in UTC and reuses its query plans.
 
@@ -109,12 +198,15 @@ async def create_pool(url: str, settings: Settings) -> Pool:
     choosing custom plans. A generic plan is made once per connection and prunes partitions
     when it starts executing: EXPLAIN ANALYZE of the 24 h vehicle window went from 5.4 to
     2.5 ms. tests/integration/test_query_plans.py checks the generic plans use the indexes.
+
+    Every statement is bounded by PostgreSQL (`read_limits`); the refresher and migrations,
+    which run on this pool too, lift the timeout for their own transactions.
     """
-    pool = await asyncpg.create_pool(
+    return await _open_pool(
         url,
+        settings,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        reset=_keep_session,
         server_settings={
             "timezone": "UTC",
             "application_name": "energy-engine",
@@ -124,10 +216,9 @@ async def create_pool(url: str, settings: Settings) -> Pool:
             # 698 ms of a 24-step series, 235 ms of the fleet statement. They run in
             # milliseconds without it.
             "jit": "off",
+            **await read_limits(url, settings),
         },
     )
-    assert pool is not None  # only None when awaited improperly
-    return pool
 
 
 async def create_writer_pool(url: str, settings: Settings) -> Pool:
@@ -140,19 +231,17 @@ async def create_writer_pool(url: str, settings: Settings) -> Pool:
     plan costs about 0.3 ms per flush.
     Keeping the writers off the request pool also means reads can never starve the writes.
     """
-    pool = await asyncpg.create_pool(
+    return await _open_pool(
         url,
+        settings,
         min_size=settings.writer_connections,
         max_size=settings.writer_connections,
-        reset=_keep_session,
         server_settings={
             "timezone": "UTC",
             "application_name": "energy-engine-writer",
             "plan_cache_mode": "force_custom_plan",
         },
     )
-    assert pool is not None
-    return pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +332,11 @@ def days_spanned(timestamps: list[datetime]) -> tuple[date, date]:
 
 async def prepare(conn: Connection, settings: Settings) -> dict[str, Any]:
     """Migrate and create partitions; what start-up and `energy-engine migrate` both do."""
-    applied = await migrate(conn)
-    created = await ensure_partitions_ahead(conn, settings)
+    # Migrations may rewrite tables: not bounded by the request pool's statement_timeout.
+    await conn.execute("SET statement_timeout = 0")
+    try:
+        applied = await migrate(conn)
+        created = await ensure_partitions_ahead(conn, settings)
+    finally:
+        await conn.execute("RESET statement_timeout")
     return {"applied": applied, "partitions_created": created}

@@ -6,8 +6,8 @@ suite checks the two against each other and this module against a brute-force re
 Rules (cumulative semantics, the default):
 - the increment of a reading is its value minus the previous reading's value; a decrease is a
   counter reset, and the increment is then the new value;
-- an increment that needs more than `max_power_kw` over its interval is physically impossible:
-  it is skipped, and counted as skipped;
+- an increment that needs more than `max_power_kw` over its interval (either way) is physically
+  impossible: it is skipped, and counted as skipped (so is one that is NaN or infinite);
 - the energy of a window [start, end) is the sum of the increments of the readings inside it,
   the last reading before `start` (at most `baseline_lookback` earlier) serving as baseline.
 
@@ -51,11 +51,14 @@ def increment(prev_kwh: float | None, kwh: float, semantics: EnergySemantics) ->
 
 
 def is_plausible(increment_kwh: float, interval: timedelta | None, max_power_kw: float) -> bool:
-    """False when `increment_kwh` within `interval` needs more than the maximum power."""
+    """False when `increment_kwh` within `interval` needs more than the maximum power, either
+    way (a huge negative "reset" is as impossible as a huge jump), or is NaN."""
     if interval is None:
         return True
-    # Multiplied out rather than divided, the same way the analytics SQL compares.
-    return increment_kwh * 3600.0 <= max_power_kw * interval.total_seconds()
+    # The allowed energy is divided out rather than the increment multiplied, the same way the
+    # analytics SQL compares (energy_plausible, migrations/0006): there `increment * 3600`
+    # overflows for a poison reading such as 1e308.
+    return abs(increment_kwh) <= max_power_kw * interval.total_seconds() / 3600.0
 
 
 def power_kw(

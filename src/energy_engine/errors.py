@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -152,3 +157,128 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_request_validation)
+
+
+# --- The database unavailable or out of time (hardening) -----------------------------------
+# One place decides which exceptions mean "PostgreSQL cannot answer now" rather than a bug:
+# FastAPI's handlers below, the lean ASGI handlers (ingest, analytics), the group-commit writer,
+# readiness and the background tasks all ask `outage` / `unavailable`.
+#
+# Both kinds answer 503 with Retry-After, never 504: the engine is the service the client
+# talks to, not a gateway, and 503 + Retry-After is the one answer a client has to handle
+# for "not now" (the write queue being full answers the same). The error code tells them
+# apart: `database_unavailable` (retry later) and `database_timeout` (the statement ran out of
+# `statement_timeout` or `temp_file_limit`: retrying the same request may time out again;
+# ask for a shorter window).
+
+_UNAVAILABLE_POSTGRES: tuple[tuple[type[Exception], str], ...] = (
+    (asyncpg.CannotConnectNowError, "the server is starting up or shutting down"),
+    (asyncpg.AdminShutdownError, "the server is shutting down"),
+    (asyncpg.CrashShutdownError, "the server crashed"),
+    (asyncpg.TooManyConnectionsError, "too many connections"),
+    (asyncpg.PostgresConnectionError, "the connection was lost"),
+    (asyncpg.exceptions.OperatorInterventionError, "an operator cancelled the session"),
+    (asyncpg.InsufficientResourcesError, "the server is out of resources"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """Why a database call failed without the engine being at fault."""
+
+    timeout: bool  # the statement ran out of time or temp space (else: unreachable)
+    reason: str  # one readable line, e.g. "connection refused (…)"
+
+
+def _detail(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{text[:160]} ({type(exc).__name__})" if text else type(exc).__name__
+
+
+def outage(exc: BaseException) -> Outage | None:
+    """The outage `exc` stands for, or None when it is an ordinary error (a bug: a 500)."""
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return Outage(True, "the statement ran longer than statement_timeout")
+    if isinstance(exc, asyncpg.ConfigurationLimitExceededError):  # temp_file_limit
+        return Outage(True, "the statement exceeded temp_file_limit")
+    if isinstance(exc, TimeoutError):  # connect, acquire or command timeout (client side)
+        return Outage(False, "timed out waiting for the database")
+    if isinstance(exc, ConnectionRefusedError | FileNotFoundError):  # TCP or unix socket
+        return Outage(False, f"connection refused: {_detail(exc)}")
+    if isinstance(exc, OSError):
+        return Outage(False, f"connection failed: {_detail(exc)}")
+    for kind, reason in _UNAVAILABLE_POSTGRES:
+        if isinstance(exc, kind):
+            return Outage(False, f"{reason}: {_detail(exc)}")
+    if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+        return Outage(False, f"the connection was closed: {_detail(exc)}")
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # Seen when the server ends an idle pooled connection (a shutdown's FATAL message)
+        # just as a statement is sent on it: the protocol is still consuming the error. The
+        # connection is gone either way; the request can be retried on a new one.
+        return Outage(False, f"the connection broke mid-operation: {_detail(exc)}")
+    return None
+
+
+def unavailable(exc: BaseException, retry_after: timedelta) -> ApiError | None:
+    """The 503 answering `exc` when it is an outage (logged, at most one line per interval);
+    None when it is not one. 503, not 504, for a statement out of time too: the engine is the
+    service, not a gateway, and 503 + Retry-After is the one "not now" clients handle (the
+    error code tells `database_timeout` from `database_unavailable`)."""
+    found = outage(exc)
+    if found is None:
+        return None
+    log_outage("request", found)
+    headers = {"Retry-After": str(max(1, round(retry_after.total_seconds())))}
+    if found.timeout:
+        return ApiError(
+            503,
+            "database_timeout",
+            f"the query did not finish in time ({found.reason}); ask for a shorter window or "
+            "retry later",
+            headers=headers,
+        )
+    return ApiError(
+        503,
+        "database_unavailable",
+        f"the database is unavailable ({found.reason}); retry later",
+        headers=headers,
+    )
+
+
+_log = logging.getLogger("energy_engine.outage")
+_OUTAGE_LOG_EVERY_S = 10.0
+_logged_at: dict[str, float] = {}
+_suppressed: dict[str, int] = {}
+
+
+def log_outage(where: str, found: Outage) -> None:
+    """One warning line (never a traceback) per `where` and 10 s: an outage fails every
+    request, and a line each would bury the log."""
+    now = time.monotonic()
+    if now - _logged_at.get(where, -_OUTAGE_LOG_EVERY_S) < _OUTAGE_LOG_EVERY_S:
+        _suppressed[where] = _suppressed.get(where, 0) + 1
+        return
+    more = _suppressed.pop(where, 0)
+    _logged_at[where] = now
+    _log.warning(
+        "database %s (%s)%s",
+        "timeout" if found.timeout else "unavailable",
+        f"{where}: {found.reason}",
+        f"; {more} more since the last line" if more else "",
+    )
+
+
+def install_outage_handlers(app: FastAPI) -> None:
+    """Answer outages leaking from FastAPI routes with the 503 of `unavailable`; anything
+    else raised by the database driver stays a 500."""
+
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        settings = request.app.state.settings
+        error = unavailable(exc, settings.unavailable_retry_after)
+        if error is None:
+            raise exc
+        return _render(error)
+
+    for kind in (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(kind, on_database_error)

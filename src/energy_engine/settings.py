@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     # Partitions are created this many days ahead by start-up and by the maintenance task.
     partition_days_ahead: PositiveInt = 3
 
+    # Database bounds (hardening): no request waits on PostgreSQL without a limit.
+    # Each statement of the request pool (reads, assignments) is cancelled by PostgreSQL after
+    # `statement_timeout`; a read that runs out of time answers 503 (errors.unavailable).
+    statement_timeout: timedelta = timedelta(seconds=5)
+    # Temporary files (sorts and hashes spilled to disk) one session may write, in MB; 0 for
+    # no limit. A superuser-only setting: a role that may not set it gets a warning, no limit.
+    temp_file_limit_mb: int = Field(default=512, ge=0)
+    # Opening a connection, waiting for a pooled one, and any one command on the client side
+    # (also the writers'), so a database that stops answering cannot hold a request forever.
+    connect_timeout: timedelta = timedelta(seconds=5)
+    acquire_timeout: timedelta = timedelta(seconds=10)
+    command_timeout: timedelta = timedelta(seconds=30)
+    # What `Retry-After` says while the database is unavailable.
+    unavailable_retry_after: timedelta = timedelta(seconds=5)
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if self.warning_efficiency > self.healthy_efficiency:

@@ -52,7 +52,8 @@ def brute_force(
             added = r.kwh - prev.kwh
         if added is None:
             continue
-        if prev is not None and added * 3600 > max_power_kw * (r.at - prev.at).total_seconds():
+        allowed = max_power_kw * (r.at - prev.at).total_seconds() / 3600 if prev else None
+        if allowed is not None and abs(added) > allowed:
             skipped += 1
         else:
             total += added
@@ -134,6 +135,37 @@ def test_plausibility_boundary_is_inclusive() -> None:
     assert is_plausible(25.0, three_minutes, 500)  # exactly 500 kW
     assert not is_plausible(25.001, three_minutes, 500)
     assert is_plausible(1e12, None, 500)
+
+
+# A poison value after 1.0, 2.0 and before 3.0, a minute apart: the counted kWh and skipped
+# increments. Into a huge value, or out of a huge negative one, the step is skipped; 3.0 after
+# a huge (or NaN) value is a counter reset, counted.
+@pytest.mark.parametrize(
+    ("poison", "kwh", "skipped"),
+    [
+        (1e308, 4.0, 1),
+        (-1e308, 1.0, 2),
+        (float("inf"), 4.0, 1),
+        (float("-inf"), 1.0, 2),
+        (float("nan"), 4.0, 1),
+    ],
+)
+def test_absurd_increments_are_skipped_either_way(poison: float, kwh: float, skipped: int) -> None:
+    minute = timedelta(minutes=1)
+    assert not is_plausible(poison, minute, 500)
+    assert is_plausible(-8.0, minute, 500)  # a reset to a small negative register: as before
+    assert not is_plausible(-9.0, minute, 500)  # needs more than 500 kW the other way
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    readings = [Reading(t0 + i * minute, v) for i, v in enumerate([1.0, 2.0, poison, 3.0])]
+    found = window_energy(
+        readings,
+        t0,
+        t0 + 4 * minute,
+        semantics=CUMULATIVE,
+        max_power_kw=500,
+        baseline_lookback=timedelta(days=1),
+    )
+    assert found == WindowEnergy(kwh=kwh, readings=4, skipped=skipped)
 
 
 def test_power() -> None:

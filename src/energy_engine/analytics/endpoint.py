@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from energy_engine.analytics.routes import performance_body
 from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
 from energy_engine.bounds import DEVICE_ID_PATTERN, When
-from energy_engine.errors import ApiError, error_json
+from energy_engine.errors import ApiError, error_json, unavailable
 from energy_engine.settings import Settings
 
 PREFIX = "/v1/analytics/performance/"
@@ -70,5 +70,11 @@ class AnalyticsMiddleware:
             )
         except ApiError as error:
             await answer(send, error.status, error_json(error), error.headers)
+            return
+        except Exception as exc:  # the database down or out of time: 503 (errors.unavailable)
+            outage = unavailable(exc, self.settings.unavailable_retry_after)
+            if outage is None:
+                raise
+            await answer(send, outage.status, error_json(outage), outage.headers)
             return
         await answer(send, 200, body)

@@ -44,21 +44,20 @@ HOUR = timedelta(hours=1)
 #    up for the next rolled hour after a dirty one (its stored one may be stale);
 #  * raw readings, in runs (the partial first hour, the hours not rolled up yet, each dirty
 #    hour): the previous reading of the run, or for a run's first reading, looked up.
-# The increment into a piece, by the rules of energy_engine.energy; a predecessor before the
+# The increment into a piece, by the rules of energy_engine.energy (energy_increment and
+# energy_plausible, migrations/0006, which survive poison values); a predecessor before the
 # window is the baseline, and counts only within the lookback ($8).
 _JOINED = """CASE WHEN $7 THEN {first_kwh}
-                WHEN {prev_at} >= $8 THEN
-                    CASE WHEN {first_kwh} >= {prev_kwh} THEN {first_kwh} - {prev_kwh}
-                         ELSE {first_kwh}  -- a counter reset
-                    END
+                WHEN {prev_at} >= $8 THEN energy_increment({first_kwh}, {prev_kwh}, false)
            END"""
 _SECONDS = "CASE WHEN {prev_at} >= $8 THEN date_part('epoch', {first_at} - {prev_at}) END"
 _STEP = _JOINED + " AS joined,\n           " + _SECONDS + " AS seconds"
 # Sums of steps (joined, seconds, added, skipped, readings, extra) per device.
 _SUMS = """sum(readings) AS readings,
-           sum(added + CASE WHEN joined * 3600 <= $6 * seconds OR seconds IS NULL
+           sum(added + CASE WHEN seconds IS NULL OR energy_plausible(joined, seconds, $6)
                             THEN coalesce(joined, 0) ELSE 0 END) AS kwh,
-           sum(skipped + CASE WHEN joined * 3600 > $6 * seconds THEN 1 ELSE 0 END) AS skipped,
+           sum(skipped + CASE WHEN NOT energy_plausible(joined, seconds, $6) THEN 1 ELSE 0 END)
+               AS skipped,
            sum(extra) AS extra"""
 
 _TOTALS = """

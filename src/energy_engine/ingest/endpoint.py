@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
-from energy_engine.errors import ApiError, error_json
+from energy_engine.errors import ApiError, error_json, unavailable
 from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.ingest.writer import GroupWriter, Overloaded
@@ -75,6 +75,12 @@ class IngestMiddleware:
             await answer(send, 503, error_json(busy), {"Retry-After": "1"})
             return
         except _Disconnected:
+            return
+        except Exception as exc:  # the database down: 503, as FastAPI's handlers answer
+            down = unavailable(exc, self.settings.unavailable_retry_after)
+            if down is None:
+                raise
+            await answer(send, down.status, error_json(down), down.headers)
             return
         body = orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates})
         await answer(send, 200, body)

@@ -16,7 +16,7 @@ _ERRORS = {
     "413": "Body or batch too large",
     "415": "Neither JSON nor NDJSON, or an unsupported Content-Encoding",
     "422": "Invalid readings: each problem by index (array position or NDJSON line) and field",
-    "503": "Write queue full or database unavailable: retry after Retry-After seconds",
+    "503": "Write queue full, or the database unavailable: retry after Retry-After seconds",
 }
 
 _PATHS = {

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from energy_engine.db import Pool
+from energy_engine.errors import log_outage, outage
 from energy_engine.ingest.models import IngestResult, MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 
@@ -113,7 +114,14 @@ class GroupWriter:
             try:
                 await self._flush(requests)
             except Exception as exc:  # every waiting request learns of it; the loop goes on
-                log.exception("group commit of %d requests failed", len(requests))
+                # Nothing of the flush is acknowledged: each request answers 503 (the database
+                # unreachable, errors.unavailable) or 500, and the client retries; a retried
+                # reading that did commit is counted as a duplicate and stored once.
+                found = outage(exc)
+                if found is None:
+                    log.exception("group commit of %d requests failed", len(requests))
+                else:
+                    log_outage("group commit", found)
                 for request in requests:
                     if not request.done.done():
                         request.done.set_exception(exc)

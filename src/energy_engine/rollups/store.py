@@ -8,10 +8,19 @@ crash, gives the same rollups.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import asyncpg
 
 from energy_engine.db import Connection, Pool
+from energy_engine.errors import outage
 from energy_engine.settings import EnergySemantics, Settings
+
+log = logging.getLogger(__name__)
 
 REFRESH_LOCK_KEY = 0x656E_726F_6C6C  # one refresher at a time across processes
 
@@ -31,17 +40,14 @@ LEFT JOIN LATERAL (
 ORDER BY h.{device}, h.hour"""
 
 # The increments between consecutive readings of the same device-hour, by the rules of
-# energy_engine.energy; the first reading of an hour has no predecessor here (NULL seconds).
+# energy_engine.energy (energy_increment and energy_plausible, migrations/0006, which survive
+# poison values); the first reading of an hour has no predecessor here (NULL seconds).
 # $1 interval semantics, $2 max power kW; {rows} is the FROM clause choosing the readings.
 _METER_AGGREGATE = """
 WITH steps AS (
     SELECT meter_id, date_trunc('hour', read_at) AS hour, read_at, kwh_consumed_ac AS kwh,
            voltage,
-           CASE WHEN $1 THEN kwh_consumed_ac
-                WHEN kwh_consumed_ac >= lag(kwh_consumed_ac) OVER w
-                    THEN kwh_consumed_ac - lag(kwh_consumed_ac) OVER w
-                WHEN lag(kwh_consumed_ac) OVER w IS NOT NULL THEN kwh_consumed_ac
-           END AS added,
+           energy_increment(kwh_consumed_ac, lag(kwh_consumed_ac) OVER w, $1) AS added,
            EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
     FROM {rows}
     WINDOW w AS (PARTITION BY meter_id, date_trunc('hour', read_at) ORDER BY read_at)
@@ -51,9 +57,9 @@ hours AS (
            max(read_at) AS last_at,
            (array_agg(kwh ORDER BY read_at))[1] AS first_kwh,
            (array_agg(kwh ORDER BY read_at DESC))[1] AS last_kwh,
-           coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL
-                                           AND added * 3600 <= $2 * seconds), 0) AS added_kwh,
-           count(*) FILTER (WHERE added * 3600 > $2 * seconds) AS skipped,
+           coalesce(sum(added) FILTER (WHERE energy_plausible(added, seconds, $2)), 0)
+               AS added_kwh,
+           count(*) FILTER (WHERE NOT energy_plausible(added, seconds, $2)) AS skipped,
            sum(voltage) AS voltage_sum, min(voltage) AS voltage_min, max(voltage) AS voltage_max
     FROM steps
     GROUP BY meter_id, hour
@@ -76,11 +82,7 @@ _VEHICLE_AGGREGATE = """
 WITH steps AS (
     SELECT vehicle_id, date_trunc('hour', read_at) AS hour, read_at, kwh_delivered_dc AS kwh,
            soc, battery_temp,
-           CASE WHEN $1 THEN kwh_delivered_dc
-                WHEN kwh_delivered_dc >= lag(kwh_delivered_dc) OVER w
-                    THEN kwh_delivered_dc - lag(kwh_delivered_dc) OVER w
-                WHEN lag(kwh_delivered_dc) OVER w IS NOT NULL THEN kwh_delivered_dc
-           END AS added,
+           energy_increment(kwh_delivered_dc, lag(kwh_delivered_dc) OVER w, $1) AS added,
            EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
     FROM {rows}
     WINDOW w AS (PARTITION BY vehicle_id, date_trunc('hour', read_at) ORDER BY read_at)
@@ -90,9 +92,9 @@ hours AS (
            max(read_at) AS last_at,
            (array_agg(kwh ORDER BY read_at))[1] AS first_kwh,
            (array_agg(kwh ORDER BY read_at DESC))[1] AS last_kwh,
-           coalesce(sum(added) FILTER (WHERE seconds IS NOT NULL
-                                           AND added * 3600 <= $2 * seconds), 0) AS added_kwh,
-           count(*) FILTER (WHERE added * 3600 > $2 * seconds) AS skipped,
+           coalesce(sum(added) FILTER (WHERE energy_plausible(added, seconds, $2)), 0)
+               AS added_kwh,
+           count(*) FILTER (WHERE NOT energy_plausible(added, seconds, $2)) AS skipped,
            sum(battery_temp) AS battery_temp_sum, min(battery_temp) AS battery_temp_min,
            max(battery_temp) AS battery_temp_max, min(soc) AS soc_min, max(soc) AS soc_max
     FROM steps
@@ -249,11 +251,16 @@ REDO_VEHICLE_DAYS = _DAY_AGGREGATE.format(
     **_VEHICLE_DAYS, rows=_TOUCHED_DAYS.format(stream="vehicle", device="vehicle_id")
 )
 
+# Dirty hours to redo, but not one whose redo failed as it is now (quarantined with its mark's
+# generation): it is tried again once a new reading changes it.
 TAKE_DIRTY = """
-SELECT stream, device_id, hour, generation
-FROM rollup_dirty
-WHERE hour < (SELECT at FROM rollup_watermarks WHERE name = 'rolled')
-ORDER BY stream, device_id, hour
+SELECT d.stream, d.device_id, d.hour, d.generation
+FROM rollup_dirty AS d
+WHERE d.hour < (SELECT at FROM rollup_watermarks WHERE name = 'rolled')
+  AND NOT EXISTS (SELECT FROM rollup_quarantine AS q
+                  WHERE q.stream = d.stream AND q.device_id = d.device_id AND q.hour = d.hour
+                    AND q.generation = d.generation)
+ORDER BY d.stream, d.device_id, d.hour
 LIMIT $1
 """
 
@@ -264,6 +271,86 @@ USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[])
 WHERE d.stream = seen.stream AND d.device_id = seen.device_id AND d.hour = seen.hour
   AND d.generation = seen.generation  -- a newer mark stays for the next round
 """
+
+# --- Isolating failures (hardening) --------------------------------------------------------
+# A batch that fails to aggregate (a bad row the arithmetic does not survive) must not stop
+# every other device's rollups: the batch is split until the failing devices (rolling) or
+# device-hours (redoing) stand alone. Failing devices' hours are left dirty, so readers take
+# their raw rows and the redo narrows them down to hours; hours whose redo fails are
+# quarantined (migrations/0006), counted in /health/ready.
+
+# The range's rows of some devices ($5), for rolling them apart from the others.
+ROLL_SOME_METER_HOURS = _METER_AGGREGATE.format(
+    rows="meter_readings WHERE read_at >= $3 AND read_at < $4 AND meter_id = ANY($5::text[])"
+)
+ROLL_SOME_VEHICLE_HOURS = _VEHICLE_AGGREGATE.format(
+    rows="vehicle_readings WHERE read_at >= $3 AND read_at < $4 AND vehicle_id = ANY($5::text[])"
+)
+_DEVICES_IN = """
+SELECT DISTINCT {device} FROM {stream}_readings WHERE read_at >= $1 AND read_at < $2 ORDER BY 1
+"""
+METER_DEVICES_IN = _DEVICES_IN.format(stream="meter", device="meter_id")
+VEHICLE_DEVICES_IN = _DEVICES_IN.format(stream="vehicle", device="vehicle_id")
+# The hours of some devices ($1) in [$2, $3) that have readings: left to the redo.
+_LEAVE_DIRTY = """
+INSERT INTO rollup_dirty (stream, device_id, hour, generation)
+SELECT '{stream}', {device}, hour, nextval('rollup_generation')
+FROM (SELECT DISTINCT {device}, date_trunc('hour', read_at) AS hour
+      FROM {stream}_readings
+      WHERE {device} = ANY($1::text[]) AND read_at >= $2 AND read_at < $3) AS failed
+ORDER BY {device}, hour
+ON CONFLICT (stream, device_id, hour) DO UPDATE SET generation = excluded.generation
+"""
+LEAVE_METERS_DIRTY = _LEAVE_DIRTY.format(stream="meter", device="meter_id")
+LEAVE_VEHICLES_DIRTY = _LEAVE_DIRTY.format(stream="vehicle", device="vehicle_id")
+
+QUARANTINE = """
+INSERT INTO rollup_quarantine AS q (stream, device_id, hour, generation, reason)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[])
+ON CONFLICT (stream, device_id, hour) DO UPDATE
+    SET generation = excluded.generation, reason = excluded.reason, failed_at = now()
+"""
+
+# Quarantined hours that were redone after all ($1 streams, $2 devices, $3 hours).
+RELEASE = """
+DELETE FROM rollup_quarantine AS q
+USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS done (stream, device_id, hour)
+WHERE q.stream = done.stream AND q.device_id = done.device_id AND q.hour = done.hour
+"""
+
+QUARANTINED = "SELECT count(*) FROM rollup_quarantine"
+
+# The refresher's transactions may run long on a backlog: not bounded by the request pool's
+# statement_timeout (db.create_pool), and given far more than its client-side command timeout.
+UNBOUNDED = "SET LOCAL statement_timeout = 0"
+STATEMENT_TIMEOUT_S = 3600.0
+
+T = TypeVar("T")
+
+
+async def _isolate(
+    conn: Connection, run: Callable[[list[T]], Awaitable[object]], items: list[T]
+) -> list[tuple[T, str]]:
+    """Run `run` on `items` in a savepoint; if it fails, on each half, down to single items.
+    Returns the items that fail on their own, with why. An outage is raised, not isolated."""
+    try:
+        async with conn.transaction():
+            await run(items)
+        return []
+    except asyncpg.PostgresError as exc:
+        if outage(exc) is not None or not items:
+            raise
+        if len(items) == 1:
+            return [(items[0], f"{type(exc).__name__}: {exc}")]
+        half = len(items) // 2
+        return await _isolate(conn, run, items[:half]) + await _isolate(conn, run, items[half:])
+
+
+async def quarantined(conn: Connection) -> int:
+    """How many device-hours the refresher could not aggregate (read raw meanwhile)."""
+    count: int = await conn.fetchval(QUARANTINED)
+    return count
+
 
 SEAL = "UPDATE rollup_watermarks SET at = $1 WHERE name = 'sealed' AND at < $1"
 
@@ -305,6 +392,7 @@ async def match_rules(conn: Connection, settings: Settings) -> bool:
     """Drop the rollups when they were computed with other energy rules; True if dropped.
     Analytics read raw rows until the refresher has rolled the history up again."""
     async with conn.transaction():
+        await conn.execute(UNBOUNDED)
         await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK_KEY)
         row = await conn.fetchrow(RULES)
         wanted = _rules(settings)
@@ -328,6 +416,7 @@ async def roll(conn: Connection, settings: Settings, *, max_hours: int = 24) -> 
     """Aggregate up to `max_hours` sealed hours; returns the new `rolled`, None if idle or
     another process holds the refresh lock."""
     async with conn.transaction():
+        await conn.execute(UNBOUNDED)
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_KEY):
             return None
         marks = await watermarks(conn)
@@ -339,44 +428,134 @@ async def roll(conn: Connection, settings: Settings, *, max_hours: int = 24) -> 
         if sealed is None or sealed <= rolled:
             return None
         until: datetime = min(sealed, rolled + timedelta(hours=max_hours))
-        await conn.execute(ROLL_METER_HOURS, *_rules(settings), rolled, until)
-        await conn.execute(ROLL_VEHICLE_HOURS, *_rules(settings), rolled, until)
+        for stream, every, apart in (
+            ("meter", ROLL_METER_HOURS, (ROLL_SOME_METER_HOURS, METER_DEVICES_IN)),
+            ("vehicle", ROLL_VEHICLE_HOURS, (ROLL_SOME_VEHICLE_HOURS, VEHICLE_DEVICES_IN)),
+        ):
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        every, *_rules(settings), rolled, until, timeout=STATEMENT_TIMEOUT_S
+                    )
+            except asyncpg.PostgresError as exc:
+                if outage(exc) is not None:
+                    raise
+                await _roll_apart(conn, settings, stream, *apart, rolled, until)
         # The days this batch completes.
         days = (_floor_day(rolled), _floor_day(until))
         if days[0] < days[1]:
-            await conn.execute(ROLL_METER_DAYS, *days)
-            await conn.execute(ROLL_VEHICLE_DAYS, *days)
+            await conn.execute(ROLL_METER_DAYS, *days, timeout=STATEMENT_TIMEOUT_S)
+            await conn.execute(ROLL_VEHICLE_DAYS, *days, timeout=STATEMENT_TIMEOUT_S)
         await conn.execute(SET_ROLLED, until)
         return until
+
+
+async def _roll_apart(
+    conn: Connection,
+    settings: Settings,
+    stream: str,
+    some: str,
+    devices_in: str,
+    rolled: datetime,
+    until: datetime,
+) -> None:
+    """Roll [rolled, until) of one stream up device group by device group, after rolling it
+    all at once failed; the devices that fail alone are left dirty (to the redo)."""
+    devices = [r[0] for r in await conn.fetch(devices_in, rolled, until)]
+
+    async def roll_some(group: list[str]) -> None:
+        await conn.execute(
+            some, *_rules(settings), rolled, until, group, timeout=STATEMENT_TIMEOUT_S
+        )
+
+    failed = await _isolate(conn, roll_some, devices)
+    if failed:
+        leave_dirty = LEAVE_METERS_DIRTY if stream == "meter" else LEAVE_VEHICLES_DIRTY
+        await conn.execute(leave_dirty, [device for device, _ in failed], rolled, until)
+        log.warning(
+            "rollups: %d %ss could not be rolled up for [%s, %s); their hours are redone one "
+            "by one (first: %s: %s)",
+            len(failed),
+            stream,
+            rolled.isoformat(),
+            until.isoformat(),
+            *failed[0],
+        )
 
 
 async def redo_dirty(conn: Connection, settings: Settings, *, limit: int = 20_000) -> int:
     """Re-aggregate up to `limit` dirty device-hours below `rolled`; returns how many."""
     async with conn.transaction():
+        await conn.execute(UNBOUNDED)
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", REFRESH_LOCK_KEY):
             return 0
         dirty = await conn.fetch(TAKE_DIRTY, limit)
         if not dirty:
             return 0
-        for stream, redo, repair, days in (
-            ("meter", REDO_METER_HOURS, REPAIR_NEXT_METER, REDO_METER_DAYS),
-            ("vehicle", REDO_VEHICLE_HOURS, REPAIR_NEXT_VEHICLE, REDO_VEHICLE_DAYS),
+        failed: list[tuple[asyncpg.Record, str]] = []
+        for stream, statements in (
+            ("meter", (REDO_METER_HOURS, REPAIR_NEXT_METER, REDO_METER_DAYS)),
+            ("vehicle", (REDO_VEHICLE_HOURS, REPAIR_NEXT_VEHICLE, REDO_VEHICLE_DAYS)),
         ):
-            keys = [(d["device_id"], d["hour"]) for d in dirty if d["stream"] == stream]
-            if keys:
-                devices, hours = zip(*keys, strict=True)
-                await conn.execute(redo, *_rules(settings), list(devices), list(hours))
-                repaired = await conn.fetch(repair, list(devices), list(hours), *_rules(settings))
-                keys += [(r["device_id"], r["hour"]) for r in repaired]
-                await conn.execute(days, [k[0] for k in keys], [k[1] for k in keys])
+            marks = [d for d in dirty if d["stream"] == stream]
+            if marks:
+                redo = functools.partial(_redo, conn, settings, statements)
+                failed += await _isolate(conn, redo, marks)
+        if failed:
+            await _quarantine(conn, failed)
+        bad = {(m["stream"], m["device_id"], m["hour"]) for m, _ in failed}
+        done = [d for d in dirty if (d["stream"], d["device_id"], d["hour"]) not in bad]
         await conn.execute(
             FORGET_DIRTY,
-            [d["stream"] for d in dirty],
-            [d["device_id"] for d in dirty],
-            [d["hour"] for d in dirty],
-            [d["generation"] for d in dirty],
+            [d["stream"] for d in done],
+            [d["device_id"] for d in done],
+            [d["hour"] for d in done],
+            [d["generation"] for d in done],
         )
+        streams, devices, hours = ([d[k] for d in done] for k in ("stream", "device_id", "hour"))
+        await conn.execute(RELEASE, streams, devices, hours)
         return len(dirty)
+
+
+async def _redo(
+    conn: Connection,
+    settings: Settings,
+    statements: tuple[str, str, str],
+    marks: Sequence[asyncpg.Record],
+) -> None:
+    """Redo the dirty hours `marks` of one stream, the next rollup of each, and their days."""
+    redo, repair, days = statements
+    devices = [m["device_id"] for m in marks]
+    hours = [m["hour"] for m in marks]
+    await conn.execute(redo, *_rules(settings), devices, hours, timeout=STATEMENT_TIMEOUT_S)
+    repaired = await conn.fetch(
+        repair, devices, hours, *_rules(settings), timeout=STATEMENT_TIMEOUT_S
+    )
+    devices += [r["device_id"] for r in repaired]
+    hours += [r["hour"] for r in repaired]
+    await conn.execute(days, devices, hours, timeout=STATEMENT_TIMEOUT_S)
+
+
+async def _quarantine(conn: Connection, failed: list[tuple[asyncpg.Record, str]]) -> None:
+    """Keep device-hours whose redo failed out of the next rounds (they stay dirty)."""
+    await conn.execute(
+        QUARANTINE,
+        [m["stream"] for m, _ in failed],
+        [m["device_id"] for m, _ in failed],
+        [m["hour"] for m, _ in failed],
+        [m["generation"] for m, _ in failed],
+        [reason[:500] for _, reason in failed],
+    )
+    first, reason = failed[0]
+    log.warning(
+        "rollups: %d device-hours quarantined, read raw until a new reading changes them "
+        "(first: %s %s %s: %s)",
+        len(failed),
+        first["stream"],
+        first["device_id"],
+        first["hour"].isoformat(),
+        reason,
+    )
 
 
 def _floor_day(at: datetime) -> datetime:

@@ -35,21 +35,18 @@ async def meter_state(conn: Connection, meter_id: str) -> asyncpg.Record | None:
 
 # The fleet at a glance, from the hot rows alone. $1 online since, $2 interval semantics,
 # $3 max power kW. `charging` follows energy.power_kw: the latest interval added energy, at a
-# plausible power, and the reading is fresh (the same rule as a vehicle's own status).
+# plausible power, and the reading is fresh (the same rule as a vehicle's own status; the SQL
+# functions of migrations/0006, which survive a poison reading in the hot row).
 FLEET = """
 SELECT
     (SELECT count(*) FROM vehicle_state) AS vehicles,
     (SELECT count(*) FROM vehicle_state WHERE read_at >= $1) AS vehicles_online,
     (SELECT count(*)
-     FROM (SELECT read_at - prev_read_at AS took,
-                  CASE WHEN $2 THEN kwh_delivered_dc
-                       WHEN kwh_delivered_dc >= prev_kwh_delivered_dc
-                           THEN kwh_delivered_dc - prev_kwh_delivered_dc
-                       ELSE kwh_delivered_dc  -- a counter reset
-                  END AS added
+     FROM (SELECT EXTRACT(epoch FROM read_at - prev_read_at)::float8 AS seconds,
+                  energy_increment(kwh_delivered_dc, prev_kwh_delivered_dc, $2) AS added
            FROM vehicle_state
            WHERE read_at >= $1 AND prev_read_at < read_at) AS latest
-     WHERE added > 0 AND added * 3600 <= $3 * EXTRACT(epoch FROM took)) AS vehicles_charging,
+     WHERE added > 0 AND energy_plausible(added, seconds, $3)) AS vehicles_charging,
     (SELECT avg(soc) FROM vehicle_state WHERE read_at >= $1) AS avg_soc_online,
     (SELECT count(*) FROM meter_state) AS meters,
     (SELECT count(*) FROM meter_state WHERE read_at >= $1) AS meters_online

@@ -1,0 +1,95 @@
+"""Every read is bounded at the database: statement_timeout and temp_file_limit on the request
+pool, a read out of time answered 503, and a role that may not set temp_file_limit still
+starts (one warning)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from energy_engine import db
+from tests.conftest import ClientWith, MakeSettings, admin
+from tests.readings import iso, minute_ago, vehicle
+
+
+async def test_request_sessions_carry_the_limits(make_settings: MakeSettings) -> None:
+    settings = make_settings(statement_timeout=timedelta(seconds=3), temp_file_limit_mb=64)
+    pool = await db.create_pool(settings.database_url or "", settings)
+    try:
+        async with pool.acquire() as conn:
+            limits = await conn.fetchrow(
+                "SELECT current_setting('statement_timeout') AS statement_timeout,"
+                " current_setting('temp_file_limit') AS temp_file_limit"
+            )
+    finally:
+        await pool.close()
+    assert limits is not None
+    assert (limits["statement_timeout"], limits["temp_file_limit"]) == ("3s", "64MB")
+
+
+async def test_a_read_out_of_time_answers_503(
+    client_with: ClientWith, conn: asyncpg.Connection
+) -> None:
+    window = {"from": iso(minute_ago(60)), "to": iso(minute_ago(0))}
+    async with client_with(statement_timeout=timedelta(milliseconds=200)) as client:
+        assert (await client.post("/v1/ingest", json=vehicle("V-1", minute_ago(1), 5.0))).is_success
+        # Another session holds the hot store: every read of it waits, until the statement
+        # times out.
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE vehicle_state IN ACCESS EXCLUSIVE MODE")
+            for path, params in (
+                ("/v1/vehicles/V-1/status", None),
+                ("/v1/analytics/performance/V-1", window),  # the lean handler
+                ("/v1/analytics/performance/V-1/series", window),
+                ("/v1/analytics/fleet", window),
+            ):
+                response = await client.get(path, params=params)
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["retry-after"].isdigit()
+                body = response.json()
+                assert body["error"] == "database_timeout"
+                assert "statement_timeout" in body["message"] and body["errors"] == []
+        # The lock gone, the same reads answer.
+        assert (await client.get("/v1/vehicles/V-1/status")).status_code == 200
+
+
+def _as_role(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+@pytest.fixture
+async def plain_role(postgres_url: str, database_url: str) -> AsyncIterator[str]:
+    """A database URL for a role that is no superuser (the role is dropped afterwards)."""
+    role = f"plain_{uuid.uuid4().hex[:8]}"
+    await admin(postgres_url, f"CREATE ROLE {role} LOGIN")
+    name = urlsplit(database_url).path.lstrip("/")
+    await admin(database_url, f"GRANT ALL ON SCHEMA public TO {role}")
+    yield _as_role(database_url, role)
+    await admin(database_url, f"REVOKE ALL ON SCHEMA public FROM {role}")
+    await admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"DROP ROLE {role}")
+
+
+async def test_a_role_that_may_not_set_temp_file_limit_starts_with_a_warning(
+    plain_role: str, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(statement_timeout=timedelta(seconds=4))
+    with caplog.at_level(logging.WARNING, logger="energy_engine.db"):
+        pool = await db.create_pool(plain_role, settings)
+    try:
+        async with pool.acquire() as conn:
+            assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = user")
+            assert await conn.fetchval("SHOW statement_timeout") == "4s"
+            assert await conn.fetchval("SHOW temp_file_limit") == "-1"  # the server's default
+    finally:
+        await pool.close()
+    warnings = [r for r in caplog.records if r.name == "energy_engine.db"]
+    assert len(warnings) == 1 and "temp_file_limit" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None
