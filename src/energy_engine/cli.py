@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 import uvicorn
 
-from energy_engine import db
+from energy_engine import db, server
 from energy_engine.app import create_app
 from energy_engine.settings import Settings
 
@@ -41,9 +41,8 @@ def serve(
         "host": host,
         "port": port,
         "log_level": log_level,
-        "loop": "uvloop",
-        "http": "httptools",
         "access_log": False,  # one line per reading at 20,000 devices is noise
+        **server.uvicorn_options(settings),
     }
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
     # that was there before; make that handler report the graceful stop as success.
@@ -52,13 +51,11 @@ def serve(
         uvicorn.run(create_app(settings), **options)
         return
     # Several processes: start the embedded PostgreSQL (if any) once, here, and let every
-    # worker build its app from the environment pointing at it. On SIGTERM uvicorn's
-    # supervisor stops each worker, and each drains its own queue before it exits.
+    # worker build its app from the environment pointing at it. On SIGTERM the supervisor
+    # stops each worker, and each drains its own queue before it exits.
     with db.database_url(settings) as url:
         os.environ["DATABASE_URL"] = url
-        uvicorn.run(
-            "energy_engine.app:app_from_environment", factory=True, workers=workers, **options
-        )
+        server.run_workers("energy_engine.app:app_from_environment", workers, **options)
 
 
 @cli.command()
