@@ -146,7 +146,7 @@ def import_(
         typer.Argument(
             metavar="FILE...",
             help="*.ndjson / *.jsonl (meters and vehicles mixed) or *.csv (one stream), "
-            "each optionally .gz.",
+            "each optionally .gz; or an NDJSON file of assignments.",
         ),
     ],
     chunk_rows: Annotated[
@@ -154,10 +154,16 @@ def import_(
     ] = 250_000,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Import readings from files; importing a file again stores nothing twice.
+    """Import readings and assignments from files; importing a file again stores nothing twice.
 
     Rows are validated as the API validates them; an invalid row stops the import (exit
     status 2) before anything of its chunk is stored.
+
+    A file of assignments is NDJSON with one POST /v1/assignments body a line, e.g.
+    {"vehicleId": "V-1", "meterId": "M-1", "validFrom": "2026-01-01T10:00:00Z"}
+    (`simulate --out FILE` writes one as FILE.assignments.ndjson). It is told apart by its
+    first row naming both a vehicleId and a meterId; it is checked whole, then applied row by
+    row in file order, after the readings; a row overlapping a stored assignment stops it.
     """
     from pathlib import Path
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from dataclasses import replace
@@ -158,3 +159,41 @@ def test_out_needs_a_backfill_and_no_pace(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["simulate", "--rate", "10", "--speedup", "10"])
     assert result.exit_code == 2
     assert not Path(out).exists()
+
+
+async def test_out_files_import_into_a_fresh_database(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "fleet.ndjson.gz"
+    runner = CliRunner()
+    args = ["--meters", "6", "--vehicles", "6", "--seed", "3", "--faulty-share", "0.34"]
+    result = runner.invoke(cli, ["simulate", *args, "--backfill", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    side = assignments_path(out)
+    plugs = read_assignments(side)
+
+    env = {"DATABASE_URL": database_url}
+    command = ["import", "--quiet", str(out), str(side)]
+    # The import runs its own event loop: off this test's loop.
+    imported = await asyncio.to_thread(runner.invoke, cli, command, env=env)
+    assert imported.exit_code == 0, imported.output
+    summary = f"{side}: {len(plugs)} assignments read, {len(plugs)} created, 0 unchanged"
+    assert summary in imported.stdout.splitlines()
+
+    judged = 0
+    for vehicle_id in sorted({plug["vehicleId"] for plug in plugs}):
+        assignments = await client.get(f"/v1/vehicles/{vehicle_id}/assignments")
+        assert [a["meterId"] for a in assignments.json()] == [
+            plug["meterId"] for plug in plugs if plug["vehicleId"] == vehicle_id
+        ]
+        body = await report(client, vehicle_id)
+        if body["acConsumedKwh"] is not None and body["acConsumedKwh"] >= 1:
+            assert body["health"] in ("healthy", "warning", "critical"), body
+            judged += 1
+    assert judged >= 3
+
+    again = await asyncio.to_thread(runner.invoke, cli, command, env=env)
+    assert again.exit_code == 0, again.output
+    assert f"{side}: {len(plugs)} assignments read, 0 created, {len(plugs)} unchanged" in (
+        again.stdout.splitlines()
+    )
