@@ -121,7 +121,11 @@ def serve(
 
 @cli.command()
 def migrate() -> None:
-    """Apply pending migrations and create the history partitions, then exit."""
+    """Apply pending migrations and create the history partitions, then exit.
+
+    Daily partitions cover the oldest day a reading may have (ENERGY_MAX_READING_AGE, P30D)
+    through ENERGY_PARTITION_DAYS_AHEAD (3) days ahead; `serve` keeps them ahead hourly.
+    """
     settings = _settings()
     _check_database(settings)
 

@@ -79,28 +79,31 @@ class GuardedProtocol(HttpToolsProtocol):
         self._request_timer: TimerHandle | None = None
         self._stopping = False
 
-    def _start_timer(self, seconds: float) -> None:
+    def _start_timer(self, seconds: float, *, body: bool) -> None:
         self._cancel_timer()
-        self._request_timer = self.loop.call_later(seconds, self._request_timed_out)
+        self._request_timer = self.loop.call_later(seconds, self._request_timed_out, body)
 
     def _cancel_timer(self) -> None:
         if self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
 
-    def _request_timed_out(self) -> None:
+    def _request_timed_out(self, body: bool) -> None:
         self._request_timer = None
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        # Answer 408 unless a response is under way (or, for a body, already sent).
+        if (body and not cycle.response_started) or (
+            not body and (cycle is None or cycle.response_complete)
+        ):
             self.transport.write(REQUEST_TIMEOUT)
         self.transport.close()  # the application, if waiting for the body, sees a disconnect
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock for the first request's head: a silent connection counts too."""
         super().connection_made(transport)
-        self._start_timer(self.header_timeout)
+        self._start_timer(self.header_timeout, body=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Stop the clock."""
@@ -111,11 +114,11 @@ class GuardedProtocol(HttpToolsProtocol):
         """A request's first byte: its head must be complete within the header timeout."""
         super().on_message_begin()
         if self._request_timer is None:
-            self._start_timer(self.header_timeout)
+            self._start_timer(self.header_timeout, body=False)
 
     def on_headers_complete(self) -> None:
         """The head is in: the body must be complete within the body timeout."""
-        self._start_timer(self.body_timeout)
+        self._start_timer(self.body_timeout, body=True)
         super().on_headers_complete()
         if self._stopping and self.cycle is not None:
             self.cycle.keep_alive = False

@@ -28,9 +28,10 @@ BODY_TIMEOUT_S = 1.0
 GIVE_UP_S = 5.0  # a connection still open after this counts as held by the server
 
 
-async def _held_open(base: str, head: bytes, trickle: bytes) -> float:
+async def _held_open(base: str, head: bytes, trickle: bytes) -> tuple[float, bytes]:
     """Open a connection, send `head`, then one byte of `trickle` (repeated) every 0.1 s; the
-    seconds until the server closes the connection (GIVE_UP_S when it has not by then)."""
+    seconds until the server closes the connection (GIVE_UP_S when it has not by then) and
+    what it answered."""
     address = urlsplit(base)
     opened = time.monotonic()  # before connecting: the server's clock starts after this
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
@@ -41,13 +42,13 @@ async def _held_open(base: str, head: bytes, trickle: bytes) -> float:
                 break
             await writer.drain()
             try:  # a read returns at once when the server closes (or answers 408 and closes)
-                await asyncio.wait_for(reader.read(), timeout=0.1)
-                return time.monotonic() - opened
+                answer = await asyncio.wait_for(reader.read(), timeout=0.1)
+                return time.monotonic() - opened, answer
             except TimeoutError:
                 writer.write(bytes([byte]))
-        return GIVE_UP_S
+        return GIVE_UP_S, b""
     except ConnectionError:
-        return time.monotonic() - opened
+        return time.monotonic() - opened, b""
     finally:
         writer.close()
 
@@ -66,7 +67,7 @@ def test_slow_clients_are_cut_off_while_others_are_served(
     }
     with serve(env, tmp_path) as (base, _):
 
-        async def run() -> tuple[list[float], list[float], list[float]]:
+        async def run() -> tuple[list[float], list[tuple[float, bytes]], list[tuple[float, bytes]]]:
             slow_heads = [
                 _held_open(base, b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\n", b"X-Slow: 1\r\n")
                 for _ in range(SLOW_CLIENTS)
@@ -90,8 +91,11 @@ def test_slow_clients_are_cut_off_while_others_are_served(
             closed = await slow
             return latencies, closed[:SLOW_CLIENTS], closed[SLOW_CLIENTS:]
 
-        latencies, heads, bodies = asyncio.run(run())
+        latencies, head_ends, body_ends = asyncio.run(run())
     assert max(latencies) < 0.5, latencies
+    heads, bodies = [at for at, _ in head_ends], [at for at, _ in body_ends]
+    answers = {answer.partition(b"\r\n")[0] for _, answer in head_ends + body_ends}
+    assert answers == {b"HTTP/1.1 408 Request Timeout"}
     # Closed by the timeout: not before it, and not long after it (the checks are 0.1 s apart).
     assert HEADER_TIMEOUT_S - 0.05 <= min(heads) and max(heads) <= HEADER_TIMEOUT_S + 1.0, heads
     assert BODY_TIMEOUT_S - 0.05 <= min(bodies) and max(bodies) <= BODY_TIMEOUT_S + 1.0, bodies
