@@ -13,7 +13,8 @@ just sent on an "idle" connection (still in the kernel's buffer) is then reset, 
 told to reconnect may land in the accept queue of a listening socket that is about to close,
 and be reset with it. With several workers, uvicorn's supervisor also keeps its own copy of the
 listening socket open until every worker has exited: connections queue up there for the whole
-drain and are all reset at the end (16 of 16 clients in tests/e2e/test_server.py). So: the
+drain and are all reset at the end. In tests/e2e/test_server.py 1 of 16 clients was reset with
+one worker, 16 of 16 with two; with only the supervisor fixed, 4 and 1. So: the
 supervisor closes its copy first (`Supervisor`); every worker closes its listener at once and
 only after LISTENERS_CLOSED_S (every worker's listener is closed by then, so a client told to
 reconnect is refused rather than queued) does it tell its connections to close, answering any
