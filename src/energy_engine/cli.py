@@ -9,13 +9,16 @@ import os
 import signal
 import sys
 import warnings
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
-from energy_engine import db
+from energy_engine import db, server
 from energy_engine.app import create_app
 from energy_engine.settings import Settings
 
@@ -25,25 +28,82 @@ SCRIPTS = Path("benchmarks")
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
+class LogLevel(StrEnum):
+    """The log levels `serve` takes."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+def _settings() -> Settings:
+    """The settings from the environment, or one line per invalid one and exit status 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "ENERGY_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"error: {name}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _check_database(settings: Settings) -> None:
+    """One line and exit status 1 when DATABASE_URL names a PostgreSQL that cannot be used
+    (the embedded server, without DATABASE_URL, is the engine's own)."""
+    if not settings.database_url:
+        return
+    try:
+        asyncio.run(db.check_reachable(settings.database_url))
+    except db.DatabaseUnavailable as exc:
+        typer.echo(f"error: {exc}; check DATABASE_URL", err=True)
+        raise typer.Exit(1) from None
+
+
+def _http_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter("give an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018  # raises on a port out of range or not a number
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return url
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")
+    ] = 8000,
     workers: Annotated[
         int, typer.Option(min=1, help="Server processes sharing the port (one per core).")
     ] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            case_sensitive=False, help="Least severe messages logged (engine and uvicorn)."
+        ),
+    ] = LogLevel.INFO,
 ) -> None:
-    """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set)."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+    """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set).
+
+    Timeouts and limits (per process) come from the environment: ENERGY_HTTP_HEADER_TIMEOUT
+    (PT10S), ENERGY_HTTP_BODY_TIMEOUT (PT60S), ENERGY_HTTP_KEEP_ALIVE (PT10S),
+    ENERGY_HTTP_MAX_CONNECTIONS (1000), ENERGY_HTTP_BACKLOG (2048), ENERGY_SHUTDOWN_TIMEOUT
+    (PT30S).
+    """
+    logging.basicConfig(level=log_level.value.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    _check_database(settings)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_level": log_level,
-        "loop": "uvloop",
-        "http": "httptools",
+        "log_level": log_level.value,
         "access_log": False,  # one line per reading at 20,000 devices is noise
+        **server.uvicorn_options(settings),
     }
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
     # that was there before; make that handler report the graceful stop as success.
@@ -52,19 +112,22 @@ def serve(
         uvicorn.run(create_app(settings), **options)
         return
     # Several processes: start the embedded PostgreSQL (if any) once, here, and let every
-    # worker build its app from the environment pointing at it. On SIGTERM uvicorn's
-    # supervisor stops each worker, and each drains its own queue before it exits.
+    # worker build its app from the environment pointing at it. On SIGTERM the supervisor
+    # stops each worker, and each drains its own queue before it exits.
     with db.database_url(settings) as url:
         os.environ["DATABASE_URL"] = url
-        uvicorn.run(
-            "energy_engine.app:app_from_environment", factory=True, workers=workers, **options
-        )
+        server.run_workers("energy_engine.app:app_from_environment", workers, **options)
 
 
 @cli.command()
 def migrate() -> None:
-    """Apply pending migrations and create the history partitions, then exit."""
-    settings = Settings()
+    """Apply pending migrations and create the history partitions, then exit.
+
+    Daily partitions cover the oldest day a reading may have (ENERGY_MAX_READING_AGE, P30D)
+    through ENERGY_PARTITION_DAYS_AHEAD (3) days ahead; `serve` keeps them ahead hourly.
+    """
+    settings = _settings()
+    _check_database(settings)
 
     async def run(url: str) -> dict[str, object]:
         pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
@@ -87,7 +150,7 @@ def import_(
         typer.Argument(
             metavar="FILE...",
             help="*.ndjson / *.jsonl (meters and vehicles mixed) or *.csv (one stream), "
-            "each optionally .gz.",
+            "each optionally .gz; or an NDJSON file of assignments.",
         ),
     ],
     chunk_rows: Annotated[
@@ -95,17 +158,25 @@ def import_(
     ] = 250_000,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Import readings from files; importing a file again stores nothing twice.
+    """Import readings and assignments from files; importing a file again stores nothing twice.
 
     Rows are validated as the API validates them; an invalid row stops the import (exit
     status 2) before anything of its chunk is stored.
+
+    A file of assignments is NDJSON with one POST /v1/assignments body a line, e.g.
+    {"vehicleId": "V-1", "meterId": "M-1", "validFrom": "2026-01-01T10:00:00Z"}
+    (`simulate --out FILE` writes one as FILE.assignments.ndjson). It is told apart by its
+    first row naming both a vehicleId and a meterId; it is checked whole, then applied row by
+    row in file order, after the readings; a row overlapping a stored assignment stops it.
     """
     from pathlib import Path
 
     from energy_engine.importer import run
 
     paths = [Path(file) for file in files]
-    raise typer.Exit(run.run(paths, Settings(), chunk_rows=chunk_rows, quiet=quiet))
+    settings = _settings()
+    _check_database(settings)
+    raise typer.Exit(run.run(paths, settings, chunk_rows=chunk_rows, quiet=quiet))
 
 
 @cli.command()
@@ -138,13 +209,15 @@ def simulate(
             help="Start DAYS in the past. Alone: send that history as fast as possible, then exit.",
         ),
     ] = None,
-    url: Annotated[str, typer.Option(help="The engine's base URL.")] = "http://127.0.0.1:8000",
+    url: Annotated[
+        str, typer.Option(callback=_http_url, help="The engine's base URL (http or https).")
+    ] = "http://127.0.0.1:8000",
     seed: Annotated[int, typer.Option(help="Same seed, same fleet, same readings.")] = 0,
     faulty_share: Annotated[
         float, typer.Option(min=0, max=1, help="Share of chargers near 0.70 efficiency.")
     ] = 0.05,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Readings a request.")] = 1000,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, max=1000, help="Requests in flight.")] = 4,
     out: Annotated[
         str | None,
         typer.Option(

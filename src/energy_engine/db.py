@@ -340,3 +340,45 @@ async def prepare(conn: Connection, settings: Settings) -> dict[str, Any]:
     finally:
         await conn.execute("RESET statement_timeout")
     return {"applied": applied, "partitions_created": created}
+
+
+# --- Reachability: one clear line instead of a driver traceback (the CLI's commands) ---
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be used at the configured URL; the message says what to check."""
+
+
+def _where(url: str) -> str:
+    """host:port (or the socket directory) of a URL, without its credentials."""
+    parts = urlsplit(url)
+    query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+    host = query.get("host") or parts.hostname or "localhost"
+    try:
+        port = parts.port or query.get("port") or 5432
+    except ValueError:  # a port that is no number: the DSN check below words it
+        port = "?"
+    return f"{host}:{port}"
+
+
+async def check_reachable(url: str) -> None:
+    """Connect once and log in; DatabaseUnavailable with a one-line reason if that fails."""
+    where = _where(url)
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    except (asyncpg.InterfaceError, ValueError) as exc:  # the URL itself is malformed
+        raise DatabaseUnavailable(f"DATABASE_URL is not a PostgreSQL URL ({exc})") from None
+    except ConnectionRefusedError:
+        reason = f"cannot reach PostgreSQL at {where} (connection refused)"
+        raise DatabaseUnavailable(reason) from None
+    except TimeoutError:
+        reason = f"cannot reach PostgreSQL at {where} (no answer in {CONNECT_TIMEOUT_S:g} s)"
+        raise DatabaseUnavailable(reason) from None
+    except OSError as exc:  # host not found, network unreachable, no such socket file …
+        reason = f"cannot reach PostgreSQL at {where} ({exc.strerror or exc})"
+        raise DatabaseUnavailable(reason) from None
+    except asyncpg.PostgresError as exc:  # a wrong password, user or database name
+        raise DatabaseUnavailable(f"PostgreSQL at {where} refused the login ({exc})") from None
+    await conn.close()

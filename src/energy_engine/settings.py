@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     # What `Retry-After` says while the database is unavailable.
     unavailable_retry_after: timedelta = timedelta(seconds=5)
 
+    # HTTP server limits, per process (`serve`). A client gets http_header_timeout to send a
+    # request's line and headers (counted from the connection's opening, or from a keep-alive
+    # request's first byte) and then http_body_timeout for its body; it is answered 408 and
+    # disconnected after that. Beyond http_max_connections open connections, requests are
+    # answered 503. A stop waits at most shutdown_timeout for requests in progress.
+    http_header_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    http_body_timeout: timedelta = Field(default=timedelta(seconds=60), gt=timedelta(0))
+    # Idle keep-alive connections close after this (whole seconds). Longer than the 5 s httpx
+    # and many device stacks keep an idle connection, so that they, not the server, close it.
+    http_keep_alive: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    http_max_connections: PositiveInt = 1000
+    http_backlog: PositiveInt = 2048  # connections the kernel queues before they are accepted
+    shutdown_timeout: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if self.warning_efficiency > self.healthy_efficiency:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import re
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -158,3 +163,63 @@ def test_out_needs_a_backfill_and_no_pace(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["simulate", "--rate", "10", "--speedup", "10"])
     assert result.exit_code == 2
     assert not Path(out).exists()
+
+
+async def test_out_files_import_into_a_fresh_database(
+    client: httpx.AsyncClient, database_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "fleet.ndjson.gz"
+    runner = CliRunner()
+    args = ["--meters", "6", "--vehicles", "6", "--seed", "3", "--faulty-share", "0.34"]
+    result = runner.invoke(cli, ["simulate", *args, "--backfill", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    side = assignments_path(out)
+    plugs = read_assignments(side)
+
+    env = {"DATABASE_URL": database_url}
+    command = ["import", "--quiet", str(out), str(side)]
+    # The import runs its own event loop: off this test's loop.
+    imported = await asyncio.to_thread(runner.invoke, cli, command, env=env)
+    assert imported.exit_code == 0, imported.output
+    summary = f"{side}: {len(plugs)} assignments read, {len(plugs)} created, 0 unchanged"
+    assert summary in imported.stdout.splitlines()
+
+    judged = 0
+    for vehicle_id in sorted({plug["vehicleId"] for plug in plugs}):
+        assignments = await client.get(f"/v1/vehicles/{vehicle_id}/assignments")
+        assert [a["meterId"] for a in assignments.json()] == [
+            plug["meterId"] for plug in plugs if plug["vehicleId"] == vehicle_id
+        ]
+        body = await report(client, vehicle_id)
+        if body["acConsumedKwh"] is not None and body["acConsumedKwh"] >= 1:
+            assert body["health"] in ("healthy", "warning", "critical"), body
+            judged += 1
+    assert judged >= 3
+
+    again = await asyncio.to_thread(runner.invoke, cli, command, env=env)
+    assert again.exit_code == 0, again.output
+    assert f"{side}: {len(plugs)} assignments read, 0 created, {len(plugs)} unchanged" in (
+        again.stdout.splitlines()
+    )
+
+
+def test_sigterm_ends_the_out_files_cleanly_and_prints_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "fleet.ndjson.gz"
+    command = [sys.executable, "-m", "energy_engine.cli", "simulate", "--meters", "300"]
+    command += ["--vehicles", "300", "--backfill", "30", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # Thirty days of 600 devices take minutes to write: stop it once writing is under way.
+    deadline = time.monotonic() + 30
+    while not (out.exists() and out.stat().st_size > 0):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    summary = re.search(r"^([\d,]+) readings in [\d.,]+ s", stderr, re.MULTILINE)
+    assert summary is not None, stderr
+    with gzip.open(out, "rb") as lines:  # a complete gzip stream: it was closed, not cut off
+        written = sum(1 for line in lines if orjson.loads(line))
+    assert written == int(summary[1].replace(",", "")) < 600 * 30 * 24 * 60
+    assert f"assignments ({len(read_assignments(assignments_path(out))):,})" in stderr

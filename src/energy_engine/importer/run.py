@@ -32,6 +32,13 @@ from rich.progress import (
 from rich.text import Text
 
 from energy_engine import db
+from energy_engine.assignments.models import AssignmentRequest
+from energy_engine.importer.assignments import (
+    AssignmentReport,
+    holds_assignments,
+    import_assignments,
+    read_assignments,
+)
 from energy_engine.importer.files import (
     InvalidRows,
     ReadProgress,
@@ -209,11 +216,26 @@ def run(paths: Sequence[Path], settings: Settings, *, chunk_rows: int, quiet: bo
             print(f"error: {path}: no such file", file=sys.stderr)
             return 2
     try:
+        kinds = [holds_assignments(path) for path in paths]
+        readings = [path for path, kind in zip(paths, kinds, strict=True) if not kind]
+        plugs = [(path, read_assignments(path, settings)) for path in paths if path not in readings]
+    except InvalidRows as exc:
+        _print_problems(exc)
+        print(f"stopped: nothing was stored; fix {exc.path} and import again", file=sys.stderr)
+        return 2
+    except UnreadableFile as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    assigned: list[AssignmentReport] = []
+    try:
         with db.database_url(settings) as url:
-            reports = asyncio.run(_import(url, paths, settings, chunk_rows, quiet))
+            reports = (
+                asyncio.run(_import(url, readings, settings, chunk_rows, quiet)) if readings else []
+            )
+            if plugs:
+                asyncio.run(_assign(url, plugs, settings, assigned))
     except ImportStopped as exc:
-        for problem in exc.cause.problems:
-            print(f"error: {problem}", file=sys.stderr)
+        _print_problems(exc.cause)
         print(
             f"stopped: nothing from line {exc.cause.first_line} of {exc.cause.path} on was "
             "stored; fix the file and import it again (readings stored already count as "
@@ -223,9 +245,42 @@ def run(paths: Sequence[Path], settings: Settings, *, chunk_rows: int, quiet: bo
         for line in _summary(exc.reports):
             print(f"committed before: {line}", file=sys.stderr)
         return 2
+    except InvalidRows as exc:  # an assignment overlapping the stored history
+        _print_problems(exc)
+        print(
+            f"stopped: the assignments before line {exc.first_line} of {exc.path} are stored; "
+            "importing the file again skips them",
+            file=sys.stderr,
+        )
+        for report in assigned:
+            print(f"committed before: {report.line()}", file=sys.stderr)
+        return 2
     except (UnreadableFile, UnsupportedHistory) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for line in _summary(reports):
         print(line)
+    for report in assigned:
+        print(report.line())
     return 0
+
+
+def _print_problems(error: InvalidRows) -> None:
+    for problem in error.problems:
+        print(f"error: {problem}", file=sys.stderr)
+
+
+async def _assign(
+    url: str,
+    files: Sequence[tuple[Path, list[tuple[int, AssignmentRequest]]]],
+    settings: Settings,
+    reports: list[AssignmentReport],
+) -> None:
+    """Apply files of assignments in order, appending a report as each file is done."""
+    conn = await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
+    try:
+        await db.prepare(conn, settings)
+        for path, rows in files:
+            reports.append(await import_assignments(conn, path, rows))
+    finally:
+        await conn.close()

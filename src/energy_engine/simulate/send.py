@@ -16,6 +16,8 @@ import contextlib
 import gzip
 import io
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -266,12 +268,14 @@ def write_files(
     *,
     stats: Stats | None = None,
     observe: Observer | None = None,
+    stop: threading.Event | None = None,
 ) -> Stats:
-    """Step `fleet` through `end`, writing readings to `path` and plug-ins beside it."""
+    """Step `fleet` through `end` (or until `stop` is set), writing readings to `path` and
+    plug-ins beside it."""
     stats = stats if stats is not None else Stats()
     line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
     with _open_for_writing(path) as out, assignments_path(path).open("wb") as side:
-        while fleet.now <= end:
+        while fleet.now <= end and not (stop and stop.is_set()):
             minute = fleet.step()
             out.write(b"".join([line(reading) for reading in minute.readings]))
             side.write(b"".join([line(plug) for plug in minute.plugs]))
@@ -344,11 +348,27 @@ async def _ready(client: httpx.AsyncClient) -> None:
 
 
 async def _send(url: str, fleet: Fleet, concurrency: int, **options: Any) -> None:
+    """Send until done, Ctrl-C or SIGTERM (both stop the run as asyncio stops it on Ctrl-C:
+    by cancelling it; the totals so far still get printed)."""
+    task = asyncio.current_task()
+    assert task is not None
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
     timeout = httpx.Timeout(60.0, connect=5.0)  # a 10,000-reading batch under load takes a while
     limits = httpx.Limits(max_connections=concurrency + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-        await _ready(client)
-        await simulate(client, fleet, concurrency=concurrency, **options)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+            await _ready(client)
+            await simulate(client, fleet, concurrency=concurrency, **options)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
 
 
 def run(
@@ -383,7 +403,12 @@ def run(
     started = time.monotonic()
     with _progress(console, total, sending=out is None) as observe:
         if out is not None:
-            write_files(fleet, now, out, stats=stats, observe=observe)
+            stop = threading.Event()  # SIGTERM: end the files after the current minute
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                write_files(fleet, now, out, stats=stats, observe=observe, stop=stop)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
         else:
             options = {"end": end, "speedup": speedup, "batch_size": batch_size}
             try:

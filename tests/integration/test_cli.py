@@ -1,0 +1,98 @@
+"""The commands' options are validated, and a PostgreSQL that cannot be used is one line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from energy_engine.cli import cli
+from tests.conftest import with_database
+
+REFUSED = "postgresql://engine@127.0.0.1:1/energy"  # nothing listens on port 1
+
+
+def _invoke(args: list[str], database_url: str) -> Result:
+    return CliRunner().invoke(cli, args, env={"DATABASE_URL": database_url})
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["serve", "--port", "70000"], "'--port': Input should be less than or equal to 65535"),
+        (["serve", "--port", "-1"], "'--port': Input should be greater than or equal to 0"),
+        (["serve", "--workers", "0"], "'--workers': Input should be greater than or equal to 1"),
+        (["serve", "--log-level", "chatty"], "'chatty' is not one of 'critical', 'error', "),
+        (["simulate", "--url", "127.0.0.1:8000"], "give an http:// or https:// URL"),
+        (["simulate", "--url", "http://127.0.0.1:99999"], "'--url': Port out of range"),
+        (["simulate", "--concurrency", "0"], "'--concurrency': Input should be greater than"),
+        (["simulate", "--seed", "x"], "'--seed': Input should be a valid integer"),
+        (["simulate", "--faulty-share", "1.5"], "'--faulty-share': Input should be less than"),
+        (["import", "--chunk-rows", "0", "x.ndjson"], "'--chunk-rows': Input should be greater"),
+    ],
+)
+def test_an_invalid_option_is_refused_before_anything_runs(args: list[str], complaint: str) -> None:
+    result = _invoke(args, REFUSED)
+    assert result.exit_code == 2
+    # The message as one line, without the box typer draws around it.
+    assert complaint in " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())
+
+
+def test_an_invalid_setting_is_one_line_per_setting() -> None:
+    result = CliRunner().invoke(
+        cli, ["migrate"], env={"DATABASE_URL": REFUSED, "ENERGY_HTTP_HEADER_TIMEOUT": "soon"}
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ENERGY_HTTP_HEADER_TIMEOUT: Input should be a valid")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def _one_line(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # no other exception escaped
+    assert "Traceback" not in result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("error: ") and line.endswith("; check DATABASE_URL")
+    return line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["serve"], ["serve", "--workers", "2"], ["migrate"], ["import", "--quiet", "FILE"]],
+)
+def test_an_unreachable_database_is_one_line(args: list[str], tmp_path: Path) -> None:
+    readings = tmp_path / "readings.ndjson"
+    readings.write_text("")
+    args = [str(readings) if arg == "FILE" else arg for arg in args]
+    line = _one_line(_invoke(args, REFUSED))
+    assert line.startswith("error: cannot reach PostgreSQL at 127.0.0.1:1 (connection refused)")
+
+
+def test_a_database_that_refuses_the_login_is_one_line(postgres_url: str) -> None:
+    line = _one_line(_invoke(["migrate"], with_database(postgres_url, "no_such_database")))
+    assert 'refused the login (database "no_such_database" does not exist)' in line
+
+
+def test_a_malformed_database_url_is_one_line() -> None:
+    line = _one_line(_invoke(["serve"], "mysql://engine@localhost/energy"))
+    assert line.startswith("error: DATABASE_URL is not a PostgreSQL URL (invalid DSN: scheme")
+
+
+def test_the_real_process_prints_no_traceback() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "energy_engine.cli", "serve", "--workers", "2"],
+        env={"DATABASE_URL": REFUSED, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (
+        "error: cannot reach PostgreSQL at 127.0.0.1:1 (connection refused); check DATABASE_URL\n"
+    )
