@@ -330,15 +330,36 @@ def days_spanned(timestamps: list[datetime]) -> tuple[date, date]:
     )
 
 
+# The engine's own upkeep (migrations, the rollup refresher) is not bounded by the limits the
+# request pool puts on clients' reads: a migration building an index or a refresher catching up
+# on a backlog sorts far more than a read may. temp_file_limit may only be changed by a role
+# allowed to set it; a role that may not never had it set by the pool, so its refusal is moot.
+UNBOUNDED_TRANSACTION = """
+SET LOCAL statement_timeout = 0;
+DO $$ BEGIN PERFORM set_config('temp_file_limit', '-1', true);
+EXCEPTION WHEN insufficient_privilege THEN NULL; END $$
+"""
+_UNBOUNDED_SESSION = """
+SET statement_timeout = 0;
+DO $$ BEGIN PERFORM set_config('temp_file_limit', '-1', false);
+EXCEPTION WHEN insufficient_privilege THEN NULL; END $$
+"""
+# Back to the values the connection was opened with.
+_BOUNDED_SESSION = """
+RESET statement_timeout;
+DO $$ BEGIN RESET temp_file_limit;
+EXCEPTION WHEN insufficient_privilege THEN NULL; END $$
+"""
+
+
 async def prepare(conn: Connection, settings: Settings) -> dict[str, Any]:
     """Migrate and create partitions; what start-up and `energy-engine migrate` both do."""
-    # Migrations may rewrite tables: not bounded by the request pool's statement_timeout.
-    await conn.execute("SET statement_timeout = 0")
+    await conn.execute(_UNBOUNDED_SESSION)
     try:
         applied = await migrate(conn)
         created = await ensure_partitions_ahead(conn, settings)
     finally:
-        await conn.execute("RESET statement_timeout")
+        await conn.execute(_BOUNDED_SESSION)
     return {"applied": applied, "partitions_created": created}
 
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import signal
 import socket
+import time
 from asyncio import TimerHandle
 from types import FrameType
 from typing import Any, cast
@@ -38,7 +40,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from energy_engine.asgi import Receive, Scope, Send, answer
+from energy_engine.errors import ApiError, error_json
 from energy_engine.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Each worker closes its listener when its main loop notices the signal (every 0.1 s), the
 # workers get theirs from the supervisor within milliseconds of each other; half a second
@@ -77,6 +83,10 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        # uvicorn's own limit answers a plain-text 503 and logs a line per request: the limit
+        # is applied here instead, with the engine's error body and Retry-After.
+        self.max_connections = self.limit_concurrency
+        self.limit_concurrency = None
         self._request_timer: TimerHandle | None = None
         self._stopping = False
 
@@ -118,9 +128,18 @@ class GuardedProtocol(HttpToolsProtocol):
             self._start_timer(self.header_timeout, body=False)
 
     def on_headers_complete(self) -> None:
-        """The head is in: the body must be complete within the body timeout."""
+        """The head is in: the body must be complete within the body timeout. Past the
+        connection limit, the request is answered by `_busy` instead of the engine."""
         self._start_timer(self.body_timeout, body=True)
-        super().on_headers_complete()
+        app = self.app
+        limit = self.max_connections
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            self.app = _busy
+            _log_busy(limit)
+        try:
+            super().on_headers_complete()  # starts (or queues) the request with `self.app`
+        finally:
+            self.app = app
         if self._stopping and self.cycle is not None:
             self.cycle.keep_alive = False
 
@@ -146,6 +165,26 @@ class GuardedProtocol(HttpToolsProtocol):
             )
         else:
             self.cycle.keep_alive = False
+
+
+_BUSY = error_json(
+    ApiError(503, "too_many_connections", "the server holds too many connections; retry shortly")
+)
+_busy_logged_at = -math.inf
+
+
+async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer past `ENERGY_HTTP_MAX_CONNECTIONS`: a 503 that closes the connection."""
+    await answer(send, 503, _BUSY, {"Retry-After": "1", "Connection": "close"})
+
+
+def _log_busy(limit: int) -> None:
+    # One line every 10 s: under overload every request would log one.
+    global _busy_logged_at
+    now = time.monotonic()
+    if now - _busy_logged_at >= 10:
+        _busy_logged_at = now
+        log.warning("more than %d connections: answering 503 until some close", limit)
 
 
 class Supervisor(Multiprocess):

@@ -191,3 +191,30 @@ def test_sigterm_under_load_answers_every_accepted_request(
     stored = asyncio.run(_stored(database_url))
     assert len(stored) == len(set(stored))
     assert outcomes.acked <= set(stored)
+
+
+def test_past_the_connection_limit_requests_get_the_json_503(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {"DATABASE_URL": database_url, "ENERGY_HTTP_MAX_CONNECTIONS": "4"}
+    with serve(env, tmp_path) as (base, _):
+        address = urlsplit(base)
+
+        async def crowd() -> tuple[httpx.Response, httpx.Response]:
+            idle = [await asyncio.open_connection(address.hostname, address.port) for _ in range(4)]
+            await asyncio.sleep(0.2)  # accepted by the server
+            async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+                refused = await http.get("/health/live")
+            for _, writer in idle:
+                writer.close()
+            await asyncio.sleep(0.2)
+            async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+                served = await http.get("/health/live")
+            return refused, served
+
+        refused, served = asyncio.run(crowd())
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == "too_many_connections"
+    assert set(refused.json()) == {"error", "message", "errors"}
+    assert served.status_code == 200

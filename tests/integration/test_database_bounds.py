@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from energy_engine import db
+from energy_engine.rollups import store as rollups
 from tests.conftest import ClientWith, MakeSettings, admin
 from tests.readings import iso, minute_ago, vehicle
 
@@ -93,3 +94,34 @@ async def test_a_role_that_may_not_set_temp_file_limit_starts_with_a_warning(
     warnings = [r for r in caplog.records if r.name == "energy_engine.db"]
     assert len(warnings) == 1 and "temp_file_limit" in warnings[0].getMessage()
     assert warnings[0].exc_info is None
+
+
+async def test_the_engines_upkeep_is_not_bounded_like_a_read(
+    make_settings: MakeSettings, conn: asyncpg.Connection
+) -> None:
+    # A refresher catching up on a backlog sorts far more than a client's read may spill:
+    # with 1 MB of temporary files and almost no work_mem, rolling 90,000 readings up spills
+    # past the limit unless the refresher lifts it (as it does statement_timeout).
+    settings = make_settings(temp_file_limit_mb=1)
+    database = await conn.fetchval("SELECT current_database()")
+    await conn.execute(f"ALTER DATABASE {database} SET work_mem = '64kB'")
+    start = minute_ago(60 * 4).replace(minute=0)
+    await conn.execute(
+        """
+        INSERT INTO vehicle_readings (read_at, kwh_delivered_dc, soc, battery_temp, vehicle_id)
+        SELECT $1::timestamptz + m * interval '1 minute', m * 0.1, 50, 25, 'V-' || v
+        FROM generate_series(0, 179) AS m, generate_series(1, 500) AS v
+        """,
+        start,
+    )
+    pool = await db.create_pool(settings.database_url or "", settings)
+    try:
+        await rollups.refresh(pool, settings, start + timedelta(hours=4), rounds=1000)
+        async with pool.acquire() as pooled:
+            await db.prepare(pooled, settings)  # migrations lift the limits too, then restore
+            restored = await pooled.fetchval("SELECT current_setting('temp_file_limit')")
+    finally:
+        await pool.close()
+    rolled = await conn.fetchval("SELECT count(*) FROM vehicle_rollups")
+    assert rolled == 500 * 3
+    assert restored == "1MB"

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from energy_engine import db
 from energy_engine.db import Connection, Pool
 from energy_engine.errors import outage
 from energy_engine.settings import EnergySemantics, Settings
@@ -321,8 +322,9 @@ WHERE q.stream = done.stream AND q.device_id = done.device_id AND q.hour = done.
 QUARANTINED = "SELECT count(*) FROM rollup_quarantine"
 
 # The refresher's transactions may run long on a backlog: not bounded by the request pool's
-# statement_timeout (db.create_pool), and given far more than its client-side command timeout.
-UNBOUNDED = "SET LOCAL statement_timeout = 0"
+# statement_timeout and temp_file_limit (db.create_pool), and given far more than its
+# client-side command timeout.
+UNBOUNDED = db.UNBOUNDED_TRANSACTION
 STATEMENT_TIMEOUT_S = 3600.0
 
 T = TypeVar("T")
