@@ -6,15 +6,24 @@ its rules from here, so a value refused on one route is refused on all of them.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 DEVICE_ID_RULE = "1 to 64 of A-Z a-z 0-9 . _ : -"
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
+DEVICE_ID = re.compile(DEVICE_ID_PATTERN)  # for ids outside a model (paths, cursors)
 
 # A cumulative register of 1 TWh is far past any meter or battery; above it a value is a fault
 # (or an attack: 1e308 overflowed the engine's sums).
@@ -69,6 +78,11 @@ When = Annotated[
 ]
 
 
+# `When` for text outside a model (the lean report handler, cursors); ValidationError is a
+# ValueError.
+WHEN: TypeAdapter[datetime] = TypeAdapter(When)
+
+
 def _reading_time_text(value: Any) -> Any:
     if isinstance(value, datetime):  # built in Python (tests, the simulator)
         return value
@@ -90,6 +104,27 @@ ReadingTime = Annotated[
         "ENERGY_MAX_READING_AGE (30 days) nor more than ENERGY_MAX_FUTURE_SKEW (5 minutes) ahead",
     ),
 ]
+
+
+def repeated_keys(text: str | bytes | bytearray) -> list[tuple[int, str]]:
+    """(object number, key) for every key repeated within one JSON object of `text`, objects
+    numbered in the order they close (for flat objects: their order in the text). Validation
+    would silently keep the last of two equal keys."""
+    found: list[tuple[int, str]] = []
+    position = 0
+
+    def note(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal position
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                found.append((position, key))
+            seen.add(key)
+        position += 1
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=note)
+    return found
 
 
 def duration_text(span: timedelta) -> str:

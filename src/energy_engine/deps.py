@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from energy_engine.bounds import DEVICE_ID_PATTERN, DEVICE_ID_RULE
+from energy_engine.bounds import DEVICE_ID_PATTERN, DEVICE_ID_RULE, repeated_keys
 from energy_engine.db import Pool
 from energy_engine.errors import ApiError, ErrorItem, not_found
 from energy_engine.settings import Settings
@@ -59,15 +58,8 @@ KnownVehicle = Annotated[str, Depends(known_vehicle)]
 
 async def unique_keys(request: Request) -> None:
     """422 when a JSON body repeats a key: validation would silently keep the last one."""
-    repeated: list[str] = []
-
-    def note(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        repeated.extend(key for key in dict.fromkeys(keys) if keys.count(key) > 1)
-        return dict(pairs)
-
     try:
-        json.loads(await request.body(), object_pairs_hook=note)
+        repeated = list(dict.fromkeys(key for _, key in repeated_keys(await request.body())))
     except ValueError:
         return  # not JSON at all: body validation says so
     if repeated:

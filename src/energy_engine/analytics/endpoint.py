@@ -12,21 +12,18 @@ FastAPI, so errors and documentation stay FastAPI's.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from urllib.parse import parse_qsl
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from energy_engine.analytics.routes import performance_body
 from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
-from energy_engine.bounds import DEVICE_ID_PATTERN, When
+from energy_engine.bounds import DEVICE_ID, WHEN
 from energy_engine.errors import ApiError, error_json, unavailable
 from energy_engine.settings import Settings
 
 PREFIX = "/v1/analytics/performance/"
-_WHEN: TypeAdapter[datetime] = TypeAdapter(When)
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 def _window(query_string: bytes) -> tuple[datetime | None, datetime | None] | None:
@@ -37,7 +34,7 @@ def _window(query_string: bytes) -> tuple[datetime | None, datetime | None] | No
     if len(values) != len(pairs) or not values.keys() <= {"from", "to"}:
         return None
     try:
-        parsed = {name: _WHEN.validate_python(value) for name, value in values.items()}
+        parsed = {name: WHEN.validate_python(value) for name, value in values.items()}
     except ValidationError:
         return None
     return parsed.get("from"), parsed.get("to")
@@ -58,7 +55,7 @@ class AnalyticsMiddleware:
             if scope["type"] == "http"
             and scope["method"] == "GET"
             and path.startswith(PREFIX)
-            and _DEVICE_ID.fullmatch(vehicle_id)
+            and DEVICE_ID.fullmatch(vehicle_id)
             else None
         )
         if window is None:

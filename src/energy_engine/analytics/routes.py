@@ -11,7 +11,7 @@ from typing import Annotated, NamedTuple
 import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
 from energy_engine.analytics import fleet, store
 from energy_engine.analytics.models import (
@@ -29,7 +29,7 @@ from energy_engine.analytics.models import (
     judge,
 )
 from energy_engine.analytics.store import Performance
-from energy_engine.bounds import When, duration_text
+from energy_engine.bounds import WHEN, When, duration_text
 from energy_engine.db import Pool, as_sent
 from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep, VehicleIdPath
 from energy_engine.errors import INVALID, UNAVAILABLE, UNKNOWN_DEVICE, invalid_request, not_found
@@ -271,16 +271,13 @@ def _encode_cursor(query: _Query, value: float | None, vehicle_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
-_CURSOR_TIME: TypeAdapter[datetime] = TypeAdapter(When)
-
-
 def _decode_cursor(cursor: str) -> tuple[_Query, float | None, str]:
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
         value, vehicle_id = raw["after"]
         query = _Query(
-            _CURSOR_TIME.validate_python(raw["from"]),
-            _CURSOR_TIME.validate_python(raw["to"]),
+            WHEN.validate_python(raw["from"]),
+            WHEN.validate_python(raw["to"]),
             FleetSort(raw["sort"]),
             Order(raw["order"]),
             tuple(Health(h) for h in raw["health"]),

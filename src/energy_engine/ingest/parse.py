@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from energy_engine.bounds import duration_text
+from energy_engine.bounds import duration_text, repeated_keys
 from energy_engine.errors import ApiError, ErrorItem, reason_of
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.settings import Settings
@@ -44,22 +43,16 @@ _QUOTES = {MeterReading: _quotes(MeterReading), VehicleReading: _quotes(VehicleR
 def _duplicate_keys(text: bytes | bytearray, is_batch: bool, line: int | None = None) -> ApiError:
     """The 422 naming each repeated key; only called once the quote count says there is one.
     Valid readings are flat objects, so the n-th object decoded is the n-th item."""
-    found: list[ErrorItem] = []
-    position = 0
-
-    def note(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        nonlocal position
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                index = line if line is not None else position if is_batch else None
-                found.append(ErrorItem(index=index, field=key, reason="the key appears twice"))
-            seen.add(key)
-        position += 1
-        return dict(pairs)
-
-    json.loads(text, object_pairs_hook=note)
-    return _invalid(found)
+    return _invalid(
+        [
+            ErrorItem(
+                index=line if line is not None else position if is_batch else None,
+                field=key,
+                reason="the key appears twice",
+            )
+            for position, key in repeated_keys(text)
+        ]
+    )
 
 
 def _sensor_values(reading: MeterReading | VehicleReading) -> list[tuple[str, float]]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-import re
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import TypeAdapter
 
-from energy_engine.bounds import DEVICE_ID_PATTERN, When
+from energy_engine.bounds import DEVICE_ID, WHEN
 from energy_engine.db import as_sent
 from energy_engine.deps import MeterIdPath, PoolDep, SettingsDep, VehicleIdPath
 from energy_engine.energy import Reading, power_kw
@@ -96,18 +94,14 @@ def _cursor(device: StaleDevice) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-_CURSOR_TIME: TypeAdapter[datetime] = TypeAdapter(When)
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
-
-
 def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
     if cursor is None:
         return None
     try:
         at, kind, device = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 2)
-        if kind not in ("meter", "vehicle") or not _DEVICE_ID.fullmatch(device):
+        if kind not in ("meter", "vehicle") or not DEVICE_ID.fullmatch(device):
             raise ValueError(cursor)
-        return _CURSOR_TIME.validate_python(at), kind, device
+        return WHEN.validate_python(at), kind, device
     except ValueError:
         raise invalid_request(
             "cursor",
