@@ -207,6 +207,7 @@ def test_past_the_connection_limit_requests_get_the_json_503(
                 refused = await http.get("/health/live")
             for _, writer in idle:
                 writer.close()
+                await writer.wait_closed()
             await asyncio.sleep(0.2)
             async with httpx.AsyncClient(base_url=base, timeout=5) as http:
                 served = await http.get("/health/live")
