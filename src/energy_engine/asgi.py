@@ -60,9 +60,7 @@ class BodyLimit:
             return
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            await _refuse(
-                send, 413, "body_too_large", f"the body exceeds {self.limit} bytes", _CLOSE
-            )
+            await _refuse(send, 413, "body_too_large", f"the body exceeds {self.limit} bytes")
             return
         size = 0
 
@@ -72,20 +70,11 @@ class BodyLimit:
             size += len(message.get("body", b""))
             if size > self.limit:
                 # An HTTPException: FastAPI passes it on from inside body reading.
-                raise ApiError(
-                    413, "body_too_large", f"the body exceeds {self.limit} bytes", headers=_CLOSE
-                )
+                raise ApiError(413, "body_too_large", f"the body exceeds {self.limit} bytes")
             return message
 
         await self.app(scope, counted, send)
 
 
-# A body refused before it was read: closing the connection stops the rest of it, which the
-# server would otherwise read and discard to keep the connection alive.
-_CLOSE = {"Connection": "close"}
-
-
-async def _refuse(
-    send: Send, status: int, error: str, message: str, headers: Mapping[str, str] | None = None
-) -> None:
-    await answer(send, status, error_json(ApiError(status, error, message)), headers)
+async def _refuse(send: Send, status: int, error: str, message: str) -> None:
+    await answer(send, status, error_json(ApiError(status, error, message)))

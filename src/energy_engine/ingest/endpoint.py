@@ -152,10 +152,4 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _too_large(limit: int) -> ApiError:
-    # Connection: close, so that the rest of the body is not read just to be discarded.
-    return ApiError(
-        413,
-        "body_too_large",
-        f"the body exceeds {limit} bytes; split the batch",
-        headers={"Connection": "close"},
-    )
+    return ApiError(413, "body_too_large", f"the body exceeds {limit} bytes; split the batch")
