@@ -108,15 +108,36 @@ def serve(
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
     # that was there before; make that handler report the graceful stop as success.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if workers == 1:
-        uvicorn.run(create_app(settings), **options)
-        return
-    # Several processes: start the embedded PostgreSQL (if any) once, here, and let every
-    # worker build its app from the environment pointing at it. On SIGTERM the supervisor
-    # stops each worker, and each drains its own queue before it exits.
+    # The embedded PostgreSQL (if any) starts once, here, and the schema is checked and
+    # migrated before any worker starts, so that a problem is one line, not a worker's
+    # traceback. With several processes every worker builds its app from the environment
+    # pointing at it; on SIGTERM the supervisor stops each, and each drains its own queue.
     with db.database_url(settings) as url:
+        _prepare(url, settings)
+        if workers == 1:
+            uvicorn.run(create_app(settings.model_copy(update={"database_url": url})), **options)
+            return
         os.environ["DATABASE_URL"] = url
         server.run_workers("energy_engine.app:app_from_environment", workers, **options)
+
+
+def _prepare(url: str, settings: Settings) -> dict[str, Any]:
+    """Migrate and create partitions; one line and exit status 1 when the database's applied
+    migrations are not the ones this build ships."""
+
+    async def run() -> dict[str, Any]:
+        pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
+        try:
+            async with pool.acquire() as conn:
+                return await db.prepare(conn, settings)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    except db.MigrationMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -128,17 +149,8 @@ def migrate() -> None:
     """
     settings = _settings()
     _check_database(settings)
-
-    async def run(url: str) -> dict[str, object]:
-        pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
-        try:
-            async with pool.acquire() as conn:
-                return await db.prepare(conn, settings)
-        finally:
-            await pool.close()
-
     with db.database_url(settings) as url:
-        outcome = asyncio.run(run(url))
+        outcome = _prepare(url, settings)
     typer.echo(f"migrations applied: {outcome['applied'] or 'none pending'}")
     typer.echo(f"partitions created: {outcome['partitions_created']}")
 
