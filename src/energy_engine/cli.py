@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
 import sys
 import warnings
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -21,9 +19,6 @@ from pydantic import ValidationError
 from energy_engine import db, server
 from energy_engine.app import create_app
 from energy_engine.settings import Settings
-
-RESULTS = Path("benchmarks/RESULTS.md")
-SCRIPTS = Path("benchmarks")
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -267,51 +262,6 @@ def simulate(
     )
     if stats.first_error:
         raise typer.Exit(1)
-
-
-@cli.command()
-def bench(
-    out: Annotated[Path, typer.Option(help="Where to write the results.")] = RESULTS,
-    scripts: Annotated[Path, typer.Option(help="The wrk Lua scripts.")] = SCRIPTS,
-    quick: Annotated[
-        bool, typer.Option(help="Seconds-long runs at small sizes: checks the bench, not speed.")
-    ] = False,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="Measure on this PostgreSQL server (default: a fresh embedded one)."),
-    ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Engine processes to measure.")] = 1,
-) -> None:
-    """Run every benchmark scenario on this machine and write the results table."""
-    import shlex
-    import tempfile
-
-    from rich.console import Console
-
-    from energy_engine.bench import harness, report, scenarios
-
-    console = Console(stderr=True)
-    # Stopped with SIGTERM, still stop the engine and the embedded PostgreSQL it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="energy-bench-") as work:
-        make = scenarios.Options.quick if quick else scenarios.Options
-        options = make(scripts=scripts.resolve(), work=Path(work), database_url=database_url)
-        options = dataclasses.replace(options, workers=workers)
-        try:
-            rows, postgres = scenarios.run_all(options, console)
-        except harness.BenchError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
-    page = report.render(
-        rows,
-        command=shlex.join(["energy-engine", *sys.argv[1:]]),
-        machine=harness.machine(),
-        revision=harness.git_revision(Path.cwd()),
-        postgres=postgres,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    console.print(page)
 
 
 def main() -> None:
