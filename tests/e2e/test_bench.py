@@ -51,10 +51,9 @@ def test_quick_bench_writes_every_scenario(tmp_path: Path) -> None:
     assert "- Git revision: " in page and "- Machine: " in page
     table = _table(page)
     assert list(table) == list(range(1, 11))
-    for number, (_, _, measured, verdict) in table.items():
+    for number, (_, _, _, verdict) in table.items():
         assert verdict in VERDICTS, (number, verdict)
         assert (verdict == "-") == (number == 1), (number, verdict)  # only (1) has no target
-        assert measured, number
 
     # Every figure measured, not a zero or a placeholder.
     measured = {number: row[2] for number, row in table.items()}
