@@ -20,16 +20,17 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks import queries
 from benchmarks.harness import WrkRun, engine, run_wrk
-from energy_engine import db
+from energy_engine import db, sql
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import Settings
+
+queries = sql.load("benchmarks")
 
 LONG_HISTORY_VEHICLES = 100
 LONG_HISTORY_DAYS = 30
 
-HISTORY = (queries.FLEET_METER_HISTORY, queries.FLEET_VEHICLE_HISTORY)
+HISTORY = (queries.fleet_meter_history, queries.fleet_vehicle_history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +65,8 @@ async def write_history(url: str, fleet: int) -> int:
             await conn.execute(query, first, early, long_fleet, 0)
             await conn.execute(query, day - timedelta(hours=1), 25 * 60, fleet, early)
             written += early * long_fleet + 25 * 60 * fleet
-        await conn.execute(queries.FLEET_VEHICLE_STATE, day + timedelta(days=1), fleet)
-        await conn.execute(queries.FLEET_ASSIGNMENTS, first - timedelta(days=1), fleet)
+        await conn.execute(queries.fleet_vehicle_state, day + timedelta(days=1), fleet)
+        await conn.execute(queries.fleet_assignments, first - timedelta(days=1), fleet)
         await conn.execute("VACUUM ANALYZE")
         return written
     finally:

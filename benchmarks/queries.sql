@@ -1,6 +1,7 @@
 -- The benchmark's own SQL: history written behind the engine's back (generate_series writes
 -- in seconds what the simulator and the API would take minutes for) and the counts that check
--- what the engine stored. Each statement starts at a `-- name:` line (benchmarks/queries.py).
+-- what the engine stored. Each statement starts at a `-- name:` line; energy_engine.sql loads
+-- them (`queries = sql.load("benchmarks")`).
 --
 -- Statements marked DUPLICATES ENGINE repeat a rule the engine also holds; switch them to the
 -- engine's own statement or SQL function when it has one.

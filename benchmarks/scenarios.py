@@ -27,7 +27,7 @@ import asyncpg
 import httpx
 from rich.console import Console
 
-from benchmarks import fleet, queries
+from benchmarks import fleet
 from benchmarks.harness import (
     WrkRun,
     engine,
@@ -37,11 +37,13 @@ from benchmarks.harness import (
     run_wrk,
 )
 from benchmarks.openload import open_load
-from energy_engine import db
+from energy_engine import db, sql
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.settings import Settings
 from energy_engine.simulate import send
+
+queries = sql.load("benchmarks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +237,7 @@ async def _raw_round(url: str, seconds: int, run: int) -> float:
 async def _stored(url: str, prefix: str) -> int:
     conn = await asyncpg.connect(url)
     try:
-        count: int = await conn.fetchval(queries.STORED_READINGS, prefix + "-%")
+        count: int = await conn.fetchval(queries.stored_readings, prefix + "-%")
         return count
     finally:
         await conn.close()
@@ -446,7 +448,7 @@ async def post_assignments(base: str, sim: Path) -> None:
         raise RuntimeError(f"assignments failed: {stats.first_error}")
 
 
-OLDER_HISTORY = (queries.OLDER_METER_HISTORY, queries.OLDER_VEHICLE_HISTORY)
+OLDER_HISTORY = (queries.older_meter_history, queries.older_vehicle_history)
 
 
 async def _add_older_history(url: str, fleet: int, days: int) -> None:
@@ -461,7 +463,7 @@ async def _add_older_history(url: str, fleet: int, days: int) -> None:
             for query in OLDER_HISTORY:
                 await conn.execute(query, first_day + timedelta(days=offset), fleet)
         # Written behind the engine's back: have the refresher roll everything up again.
-        await conn.execute(queries.ROLL_UP_AGAIN)
+        await conn.execute(queries.roll_up_again)
         await conn.execute("VACUUM ANALYZE meter_readings, vehicle_readings")
     finally:
         await conn.close()
@@ -474,7 +476,7 @@ async def rollups_caught_up(url: str, timeout_s: float = 900) -> float:
     conn = await asyncpg.connect(url)
     try:
         while time.perf_counter() - began < timeout_s:
-            behind = await conn.fetchval(queries.ROLLUPS_BEHIND)
+            behind = await conn.fetchval(queries.rollups_behind)
             if behind == 0:
                 return time.perf_counter() - began
             await asyncio.sleep(1)
@@ -547,8 +549,8 @@ async def vacuum(url: str) -> None:
 # --- 7. storage -------------------------------------------------------------------------------
 
 COUNTS = {
-    "meter_readings": queries.METER_READINGS_COUNT,
-    "vehicle_readings": queries.VEHICLE_READINGS_COUNT,
+    "meter_readings": queries.meter_readings_count,
+    "vehicle_readings": queries.vehicle_readings_count,
 }
 
 
@@ -557,7 +559,7 @@ async def _storage(url: str) -> Row:
     try:
         sizes = {}
         for table, count in COUNTS.items():
-            row = await conn.fetchrow(queries.PARTITION_SIZES, table)
+            row = await conn.fetchrow(queries.partition_sizes, table)
             assert row is not None
             sizes[table] = {"heap": row["heap"], "indexes": row["indexes"]}
             sizes[table]["rows"] = await conn.fetchval(count)

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
+
+from energy_engine import sql
 
 ROOT = Path(__file__).resolve().parents[2]
 VERDICTS = {"met", "**not met**", "-"}
@@ -109,3 +112,19 @@ def test_the_engine_never_imports_the_benchmarks() -> None:
             else:
                 continue
             assert not any(name.split(".")[0] == "benchmarks" for name in names), path
+
+
+def test_each_benchmark_statement_is_used_and_each_use_exists() -> None:
+    defined = set(sql.load("benchmarks").names())
+    used: set[str] = set()
+    for module in (ROOT / "benchmarks").glob("*.py"):
+        used |= set(re.findall(r"\bqueries\.([a-z_][a-z0-9_]*)\b", module.read_text()))
+    assert sorted(used - {"names"}) == sorted(defined)
+
+
+async def test_the_benchmark_statements_fit_the_engine_schema(conn: asyncpg.Connection) -> None:
+    """They write the engine's tables behind its back: a schema change must not break them
+    unnoticed until the next benchmark run."""
+    queries = sql.load("benchmarks")
+    for name in queries.names():
+        await conn.prepare(getattr(queries, name))
