@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install serve test lint typecheck unit bench clean
+.PHONY: install serve test lint typecheck unit bench plans clean
 
 $(BIN)/energy-engine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ typecheck: install
 ## Run every benchmark scenario on this machine and rewrite benchmarks/RESULTS.md (~15 min).
 bench: install
 	$(BIN)/energy-engine bench $(ARGS)
+
+## Rewrite docs/analytics-plans.md: EXPLAIN of the analytics statements on a fixed history.
+plans: install
+	$(BIN)/python -m tests.plans --write
 
 unit: install
 	$(BIN)/pytest tests/unit $(ARGS)
