@@ -1,5 +1,5 @@
 """Every vehicle's window at once: the fleet ranking's numbers, in one statement
-(`fleet` in analytics/queries.sql).
+(`fleet`, a named statement of this package's SQL file).
 
 The per-vehicle path (`store.performance`) reads one device's rows and rollups through its
 primary key. Done 10,000 times that would be 10,000 × eight index probes; here each source is

@@ -1,6 +1,6 @@
 """Window energy of one device and one time range, from hourly rollups and raw edges.
 
-The statements are in analytics/queries.sql. The SQL functions `vehicle_window_energy` and
+The statements are named ones of this package's SQL file. The SQL functions `vehicle_window_energy` and
 `meter_window_energy` (migrations/0003, 0005, 0006) piece a
 window together from the baseline reading, raw rows at the edges and in hours not rolled up
 (yet), and the rollups of whole hours in between. Every read is an index range scan of one

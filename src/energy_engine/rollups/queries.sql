@@ -4,68 +4,21 @@
 -- Every aggregation recomputes whole device-hours from raw rows (never adds to a stored
 -- rollup), and looks the reading before each hour up in raw history, so running any step
 -- twice, or after a crash, gives the same rollups. The meter and vehicle statements differ in
--- their tables and sensor columns only.
---
--- The hour aggregations read one of three sets of readings, chosen by their parameters (the
--- others NULL):
---   $3, $4            every reading of the hours [$3, $4) (rolling sealed hours),
---   $3, $4, $5        those of the devices $5 only (rolling a failed batch apart),
---   $6, $7            every reading of the dirty device-hours ($6 device ids, $7 hours).
--- $1 is the interval semantics and $2 the max power kW of energy_engine.energy. A NULL bound
--- prunes every partition of a branch when the statement starts, and NULL arrays unnest to no
--- rows, so the branch not asked for costs nothing.
--- The increments between consecutive readings of a device-hour follow energy_increment and
--- energy_plausible (migrations/0006, which survive poison values); the first reading of an
--- hour has no predecessor there (NULL seconds): the increment into it, from the reading before
--- the hour however far back, is stored with the rollup (rollup_joined_kwh, _skipped).
+-- their tables and sensor columns only; the rules they share are SQL functions
+-- (migrations/0006, 0008).
 
 -- name: roll_meter_hours
-WITH steps AS (
-    SELECT meter_id, date_trunc('hour', read_at) AS hour, read_at, kwh_consumed_ac AS kwh,
-           voltage,
-           energy_increment(kwh_consumed_ac, lag(kwh_consumed_ac) OVER w, $1) AS added,
-           EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
-    FROM (
-        SELECT *
-        FROM meter_readings
-        WHERE read_at >= $3 AND read_at < $4 AND ($5::text[] IS NULL OR meter_id = ANY($5))
-        UNION ALL
-        SELECT r.*
-        FROM unnest($6::text[], $7::timestamptz[]) AS d (device_id, hour)
-        JOIN meter_readings AS r
-          ON r.meter_id = d.device_id AND r.read_at >= d.hour
-         AND r.read_at < d.hour + interval '1 hour'
-    ) AS r
-    WINDOW w AS (PARTITION BY meter_id, date_trunc('hour', read_at) ORDER BY read_at)
-),
-hours AS (
-    SELECT meter_id, hour, count(*) AS readings, min(read_at) AS first_at,
-           max(read_at) AS last_at,
-           (array_agg(kwh ORDER BY read_at))[1] AS first_kwh,
-           (array_agg(kwh ORDER BY read_at DESC))[1] AS last_kwh,
-           coalesce(sum(added) FILTER (WHERE energy_plausible(added, seconds, $2)), 0)
-               AS added_kwh,
-           count(*) FILTER (WHERE NOT energy_plausible(added, seconds, $2)) AS skipped,
-           sum(voltage) AS voltage_sum, min(voltage) AS voltage_min, max(voltage) AS voltage_max
-    FROM steps
-    GROUP BY meter_id, hour
-)
+-- The hour rollups of the meters' readings chosen by $3-$7 (see rollup_hours in
+-- migrations/0008: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
+-- by the energy rules $1 (interval semantics) and $2 (max power kW).
 INSERT INTO meter_rollups AS u (
     meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
     voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh, joined_kwh, joined_skipped
 )
-SELECT h.*, p.read_at, p.kwh_consumed_ac,
-       coalesce(rollup_joined_kwh(h.first_at, h.first_kwh, p.read_at, p.kwh_consumed_ac, $2, $1), 0),
-       coalesce(rollup_joined_skipped(h.first_at, h.first_kwh, p.read_at, p.kwh_consumed_ac, $2, $1), 0)
-FROM hours AS h
-LEFT JOIN LATERAL (
-    SELECT read_at, kwh_consumed_ac
-    FROM meter_readings
-    WHERE meter_id = h.meter_id AND read_at < h.hour
-    ORDER BY read_at DESC
-    LIMIT 1
-) AS p ON true
-ORDER BY h.meter_id, h.hour
+SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+       sensor_sum, sensor_min, sensor_max, prev_at, prev_kwh, joined_kwh, joined_skipped
+FROM rollup_hours('meter', $1, $2, $3, $4, $5, $6, $7)
+ORDER BY device_id, hour
 ON CONFLICT (meter_id, hour) DO UPDATE SET
     readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
@@ -75,54 +28,16 @@ ON CONFLICT (meter_id, hour) DO UPDATE SET
     joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped;
 
 -- name: roll_vehicle_hours
-WITH steps AS (
-    SELECT vehicle_id, date_trunc('hour', read_at) AS hour, read_at, kwh_delivered_dc AS kwh,
-           soc, battery_temp,
-           energy_increment(kwh_delivered_dc, lag(kwh_delivered_dc) OVER w, $1) AS added,
-           EXTRACT(epoch FROM read_at - lag(read_at) OVER w)::float8 AS seconds
-    FROM (
-        SELECT *
-        FROM vehicle_readings
-        WHERE read_at >= $3 AND read_at < $4 AND ($5::text[] IS NULL OR vehicle_id = ANY($5))
-        UNION ALL
-        SELECT r.*
-        FROM unnest($6::text[], $7::timestamptz[]) AS d (device_id, hour)
-        JOIN vehicle_readings AS r
-          ON r.vehicle_id = d.device_id AND r.read_at >= d.hour
-         AND r.read_at < d.hour + interval '1 hour'
-    ) AS r
-    WINDOW w AS (PARTITION BY vehicle_id, date_trunc('hour', read_at) ORDER BY read_at)
-),
-hours AS (
-    SELECT vehicle_id, hour, count(*) AS readings, min(read_at) AS first_at,
-           max(read_at) AS last_at,
-           (array_agg(kwh ORDER BY read_at))[1] AS first_kwh,
-           (array_agg(kwh ORDER BY read_at DESC))[1] AS last_kwh,
-           coalesce(sum(added) FILTER (WHERE energy_plausible(added, seconds, $2)), 0)
-               AS added_kwh,
-           count(*) FILTER (WHERE NOT energy_plausible(added, seconds, $2)) AS skipped,
-           sum(battery_temp) AS battery_temp_sum, min(battery_temp) AS battery_temp_min,
-           max(battery_temp) AS battery_temp_max, min(soc) AS soc_min, max(soc) AS soc_max
-    FROM steps
-    GROUP BY vehicle_id, hour
-)
 INSERT INTO vehicle_rollups AS u (
     vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
     battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh,
     joined_kwh, joined_skipped
 )
-SELECT h.*, p.read_at, p.kwh_delivered_dc,
-       coalesce(rollup_joined_kwh(h.first_at, h.first_kwh, p.read_at, p.kwh_delivered_dc, $2, $1), 0),
-       coalesce(rollup_joined_skipped(h.first_at, h.first_kwh, p.read_at, p.kwh_delivered_dc, $2, $1), 0)
-FROM hours AS h
-LEFT JOIN LATERAL (
-    SELECT read_at, kwh_delivered_dc
-    FROM vehicle_readings
-    WHERE vehicle_id = h.vehicle_id AND read_at < h.hour
-    ORDER BY read_at DESC
-    LIMIT 1
-) AS p ON true
-ORDER BY h.vehicle_id, h.hour
+SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+       sensor_sum, sensor_min, sensor_max, soc_min, soc_max, prev_at, prev_kwh, joined_kwh,
+       joined_skipped
+FROM rollup_hours('vehicle', $1, $2, $3, $4, $5, $6, $7)
+ORDER BY device_id, hour
 ON CONFLICT (vehicle_id, hour) DO UPDATE SET
     readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
     first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,

@@ -1,6 +1,6 @@
 """Keeps the hourly rollups complete: seals finished hours, aggregates them, re-aggregates the
 device-hours that late readings made dirty. See migrations/0003_rollups.sql for the model, and
-rollups/queries.sql for the statements.
+this package's SQL file for the statements.
 
 Every aggregation recomputes whole device-hours from raw rows (never adds to a stored rollup),
 and looks the reading before each hour up in raw history, so running any step twice, or after a
