@@ -111,8 +111,8 @@ async def test_generic_plans_read_history_by_index_and_prune(
 async def test_the_report_reads_only_its_own_rows(conn: asyncpg.Connection) -> None:
     statement, args = ROUTES["report"]
     # Counted by the table statistics of this transaction rather than read off EXPLAIN: the
-    # hours not rolled up are read by PL/pgSQL helpers (migrations/0005), whose statements
-    # EXPLAIN does not show.
+    # hours not rolled up are read by PL/pgSQL helpers (migrations/0001_baseline.sql), whose
+    # statements EXPLAIN does not show.
     async with conn.transaction():
         await conn.fetch(statement, *args)
         counts = await conn.fetchrow(

@@ -11,8 +11,8 @@ read once for the whole fleet, by time range:
   yet at its end, and every dirty device-hour.
 
 No piece needs sorting into place: each carries the reading before it and a rollup the
-increment from it (migrations/0004, 0005), so a hash aggregate sums a device's pieces. Only raw
-readings are ordered, within their short runs, and each run's first reading looks its
+increment from it (migrations/0001_baseline.sql), so a hash aggregate sums a device's pieces.
+Only raw readings are ordered, within their short runs, and each run's first reading looks its
 predecessor up. The increments follow the rules of `energy_engine.energy`, so every vehicle's
 numbers equal what `GET /v1/analytics/performance/{id}` answers for the same window
 (tests/integration/test_fleet_analytics.py checks that on random streams). Meters count for a

@@ -2,7 +2,7 @@
 -- window at once (the fleet ranking).
 --
 -- A vehicle's window is pieced together by the SQL functions `vehicle_window_energy` and
--- `meter_window_energy` (migrations/0003, 0005, 0006) from the baseline reading, raw rows at
+-- `meter_window_energy` (migrations/0001_baseline.sql) from the baseline reading, raw rows at
 -- the edges and in hours not rolled up (yet), and the rollups of whole hours in between; every
 -- read is an index range scan of one device. They run on the request pool as generic plans,
 -- which prune partitions when they start (tests/integration/test_query_plans.py, and
@@ -44,7 +44,7 @@ WITH segments AS (
 ),
 -- A meter assigned for the whole window is read with the window's own bounds (parameters,
 -- which prune partitions when the statement starts); a meter assigned for part of it by
--- meter_segment_energy, planned on the part's bounds (migrations/0005).
+-- meter_segment_energy, planned on the part's bounds (migrations/0001_baseline.sql).
 meters AS (
     SELECT s.meter_id, s.seg_from, e.readings, e.kwh, e.skipped
     FROM segments AS s
@@ -126,12 +126,12 @@ SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '64MB';
 --  * raw readings, in runs (the partial first hour, the hours not rolled up yet, each dirty
 --    hour): the previous reading of the run, or for a run's first reading, looked up.
 -- The increment into a part follows energy_engine.energy through `rollup_joined_kwh` and
--- `rollup_joined_skipped` (migrations/0006); `window_joined_kwh` and `window_joined_skipped`
+-- `rollup_joined_skipped` (migrations/0001_baseline.sql); `window_joined_kwh` and `window_joined_skipped`
 -- (migrations/0008) count it only when its predecessor is within the window or the baseline
 -- lookback ($8). A meter assigned for the whole window is read with every other (meter_totals);
 -- one assigned for part of it, by itself (meter_segment_energy).
 WITH
--- The increment into each rollup's first reading is stored with it (migrations/0005): counted
+-- The increment into each rollup's first reading is stored with it (migrations/0001_baseline.sql): counted
 -- when its predecessor is within the window or the baseline lookback.
 -- Whole UTC days come from day rollups, the hours around them from hour rollups.
 vehicle_settled AS (

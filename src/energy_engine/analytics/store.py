@@ -1,7 +1,7 @@
 """Window energy of one device and one time range, from hourly rollups and raw edges.
 
-The statements are named ones of this package's SQL file. The SQL functions `vehicle_window_energy` and
-`meter_window_energy` (migrations/0003, 0005, 0006) piece a
+The statements are named ones of this package's SQL file. The SQL functions
+`vehicle_window_energy` and `meter_window_energy` (migrations/0001_baseline.sql) piece a
 window together from the baseline reading, raw rows at the edges and in hours not rolled up
 (yet), and the rollups of whole hours in between. Every read is an index range scan of one
 device's rows or rollups, so the cost depends on the window and never on how much history is

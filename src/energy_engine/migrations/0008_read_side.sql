@@ -3,7 +3,7 @@
 -- inlines them into the calling statement, so plans are those of the written-out expressions.
 
 -- The increment into a window's piece (a rollup, or a run of raw readings) from the reading
--- before it, given that increment by `rollup_joined_kwh` (migrations/0006): counted only when
+-- before it, given that increment by `rollup_joined_kwh` (0001_baseline.sql): counted only when
 -- the predecessor is at or after `baseline_from` (within the window, or the baseline lookback
 -- before it). Without one, interval semantics still count the piece's own first reading.
 CREATE FUNCTION window_joined_kwh(
@@ -48,7 +48,7 @@ FROM vehicle_readings;
 -- bound prunes every partition when the statement starts, `= ANY(NULL)` matches no index
 -- entry, and NULL arrays unnest to no rows.
 -- The energy added between an hour's readings follows energy_increment and energy_plausible
--- (migrations/0006); the increment into the hour's first reading, from the reading before the
+-- (0001_baseline.sql); the increment into the hour's first reading, from the reading before the
 -- hour however far back, is rollup_joined_kwh/_skipped's. A plain SQL function: PostgreSQL
 -- inlines it into the calling statement, with `of_stream` a constant.
 CREATE FUNCTION rollup_hours(

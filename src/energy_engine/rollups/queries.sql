@@ -1,15 +1,15 @@
 -- The rollup refresher's statements (rollups/store.py; the model is in
--- migrations/0003_rollups.sql and 0005_pruned_windows.sql).
+-- migrations/0001_baseline.sql).
 --
 -- Every aggregation recomputes whole device-hours from raw rows (never adds to a stored
 -- rollup), and looks the reading before each hour up in raw history, so running any step
 -- twice, or after a crash, gives the same rollups. The meter and vehicle statements differ in
 -- their tables and sensor columns only; the rules they share are SQL functions
--- (migrations/0006, 0008).
+-- (migrations/0001_baseline.sql, 0008_read_side.sql).
 
 -- name: roll_meter_hours
 -- The hour rollups of the meters' readings chosen by $3-$7 (see rollup_hours in
--- migrations/0008: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
+-- migrations/0008_read_side.sql: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
 -- by the energy rules $1 (interval semantics) and $2 (max power kW).
 INSERT INTO meter_rollups AS u (
     meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
@@ -106,7 +106,7 @@ WHERE u.vehicle_id = next.device_id AND u.hour = next.hour
 RETURNING u.vehicle_id AS device_id, u.hour;
 
 -- name: roll_meter_days
--- Day rollups from the hour rollups of complete UTC days (migrations/0005): the energy added
+-- Day rollups from the hour rollups of complete UTC days (migrations/0001_baseline.sql): the energy added
 -- between the day's readings is each hour's, plus the increment into every hour's first
 -- reading but the day's first (whose predecessor is before the day: the day's own joined
 -- step). The days are those of the hours [$1, $2), all rolled (rolling), or the complete days
@@ -236,7 +236,7 @@ ON CONFLICT (stream, device_id, hour) DO UPDATE SET generation = excluded.genera
 
 -- name: quarantine
 -- Device-hours whose redo failed ($1 streams, $2 devices, $3 hours, $4 generations, $5 why):
--- kept out of the next rounds until a new reading changes them (migrations/0006).
+-- kept out of the next rounds until a new reading changes them (migrations/0001_baseline.sql).
 INSERT INTO rollup_quarantine AS q (stream, device_id, hour, generation, reason)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[])
 ON CONFLICT (stream, device_id, hour) DO UPDATE

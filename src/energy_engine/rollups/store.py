@@ -1,5 +1,5 @@
 """Keeps the hourly rollups complete: seals finished hours, aggregates them, re-aggregates the
-device-hours that late readings made dirty. See migrations/0003_rollups.sql for the model, and
+device-hours that late readings made dirty. See migrations/0001_baseline.sql for the model, and
 this package's SQL file for the statements.
 
 Every aggregation recomputes whole device-hours from raw rows (never adds to a stored rollup),
