@@ -124,3 +124,63 @@ LEFT JOIN LATERAL (
      LIMIT 1)
 ) AS p ON true
 $$;
+
+-- Both streams' hour rollups in one shape, as stream_readings for the readings: `sensor_sum`
+-- is the voltage or battery temperature sum, `soc_min`/`soc_max` NULL for meters.
+CREATE VIEW stream_rollups AS
+SELECT 'meter'::text AS stream, meter_id AS device_id, hour, readings, first_kwh, last_at,
+       last_kwh, added_kwh, skipped, prev_at, joined_kwh, joined_skipped,
+       voltage_sum AS sensor_sum, NULL::real AS soc_min, NULL::real AS soc_max
+FROM meter_rollups
+UNION ALL
+SELECT 'vehicle'::text, vehicle_id, hour, readings, first_kwh, last_at, last_kwh, added_kwh,
+       skipped, prev_at, joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max
+FROM vehicle_rollups;
+
+-- The day rollups of one stream from its hour rollups of complete UTC days (rollups/queries.sql
+-- writes them to the stream's table): the energy added between the day's readings is each
+-- hour's, plus the increment into every hour's first reading but the day's first, whose
+-- predecessor is before the day (window_joined_kwh's rule, with the day as the window). The
+-- days are those of the hours [from_at, to_at), all rolled, or the complete days of the
+-- device-hours (devices, hours) that were redone or repaired; the other pair NULL. Inlined
+-- into the calling statement like rollup_hours.
+CREATE FUNCTION rollup_days(
+    of_stream text, from_at timestamptz, to_at timestamptz, devices text[],
+    hours timestamptz[]
+) RETURNS TABLE (
+    device_id text, day timestamptz, readings integer, first_kwh double precision,
+    last_at timestamptz, last_kwh double precision, added_kwh double precision,
+    skipped integer, prev_at timestamptz, joined_kwh double precision,
+    joined_skipped smallint, sensor_sum double precision, soc_min real, soc_max real
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT u.device_id, date_trunc('day', u.hour, 'UTC'),
+       sum(u.readings)::integer,
+       (array_agg(u.first_kwh ORDER BY u.hour))[1],
+       max(u.last_at),
+       (array_agg(u.last_kwh ORDER BY u.hour DESC))[1],
+       sum(u.added_kwh + window_joined_kwh(u.prev_at, u.joined_kwh, u.first_kwh,
+                                           date_trunc('day', u.hour, 'UTC'), false)),
+       sum(u.skipped + window_joined_skipped(u.prev_at, u.joined_skipped,
+                                             date_trunc('day', u.hour, 'UTC')))::integer,
+       (array_agg(u.prev_at ORDER BY u.hour))[1],
+       (array_agg(u.joined_kwh ORDER BY u.hour))[1],
+       (array_agg(u.joined_skipped ORDER BY u.hour))[1],
+       sum(u.sensor_sum), min(u.soc_min), max(u.soc_max)
+FROM (
+    SELECT *
+    FROM stream_rollups AS s
+    WHERE s.stream = of_stream AND s.hour >= from_at AND s.hour < to_at
+    UNION ALL
+    SELECT s.*
+    FROM (
+        SELECT DISTINCT d.device_id, date_trunc('day', d.hour, 'UTC') AS day
+        FROM unnest(devices, hours) AS d (device_id, hour)
+    ) AS touched
+    JOIN stream_rollups AS s
+      ON s.stream = of_stream AND s.device_id = touched.device_id AND s.hour >= touched.day
+     AND s.hour < touched.day + interval '1 day'
+    WHERE touched.day + interval '1 day' <= rollups_rolled()
+) AS u
+GROUP BY u.device_id, date_trunc('day', u.hour, 'UTC')
+$$;

@@ -106,42 +106,16 @@ WHERE u.vehicle_id = next.device_id AND u.hour = next.hour
 RETURNING u.vehicle_id AS device_id, u.hour;
 
 -- name: roll_meter_days
--- Day rollups from the hour rollups of complete UTC days (migrations/0001_baseline.sql): the energy added
--- between the day's readings is each hour's, plus the increment into every hour's first
--- reading but the day's first (whose predecessor is before the day: the day's own joined
--- step). The days are those of the hours [$1, $2), all rolled (rolling), or the complete days
--- of the device-hours ($3 devices, $4 hours) that were redone or repaired (redoing); the
--- other pair NULL.
+-- The meters' day rollups (rollup_days in migrations/0008_read_side.sql) of the hours
+-- [$1, $2), all rolled (rolling), or of the complete days of the device-hours ($3 devices,
+-- $4 hours) that were redone or repaired (redoing); the other pair NULL.
 INSERT INTO meter_day_rollups AS d (
     meter_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
     joined_kwh, joined_skipped
 )
-SELECT u.meter_id, date_trunc('day', u.hour, 'UTC') AS day,
-       sum(u.readings)::integer,
-       (array_agg(u.first_kwh ORDER BY u.hour))[1],
-       max(u.last_at),
-       (array_agg(u.last_kwh ORDER BY u.hour DESC))[1],
-       sum(u.added_kwh + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                              THEN u.joined_kwh ELSE 0 END),
-       sum(u.skipped + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                            THEN u.joined_skipped ELSE 0 END)::integer,
-       (array_agg(u.prev_at ORDER BY u.hour))[1],
-       (array_agg(u.joined_kwh ORDER BY u.hour))[1],
-       (array_agg(u.joined_skipped ORDER BY u.hour))[1]
-FROM (
-    SELECT * FROM meter_rollups WHERE hour >= $1 AND hour < $2
-    UNION ALL
-    SELECT u.*
-    FROM (
-        SELECT DISTINCT d.device_id, date_trunc('day', d.hour, 'UTC') AS day
-        FROM unnest($3::text[], $4::timestamptz[]) AS d (device_id, hour)
-    ) AS touched
-    JOIN meter_rollups AS u
-      ON u.meter_id = touched.device_id AND u.hour >= touched.day
-     AND u.hour < touched.day + interval '1 day'
-    WHERE touched.day + interval '1 day' <= rollups_rolled()
-) AS u
-GROUP BY u.meter_id, date_trunc('day', u.hour, 'UTC')
+SELECT device_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+       joined_kwh, joined_skipped
+FROM rollup_days('meter', $1, $2, $3, $4)
 ON CONFLICT (meter_id, day) DO UPDATE SET
     readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
     last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
@@ -153,33 +127,9 @@ INSERT INTO vehicle_day_rollups AS d (
     vehicle_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
     joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max
 )
-SELECT u.vehicle_id, date_trunc('day', u.hour, 'UTC') AS day,
-       sum(u.readings)::integer,
-       (array_agg(u.first_kwh ORDER BY u.hour))[1],
-       max(u.last_at),
-       (array_agg(u.last_kwh ORDER BY u.hour DESC))[1],
-       sum(u.added_kwh + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                              THEN u.joined_kwh ELSE 0 END),
-       sum(u.skipped + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                            THEN u.joined_skipped ELSE 0 END)::integer,
-       (array_agg(u.prev_at ORDER BY u.hour))[1],
-       (array_agg(u.joined_kwh ORDER BY u.hour))[1],
-       (array_agg(u.joined_skipped ORDER BY u.hour))[1],
-       sum(u.battery_temp_sum), min(u.soc_min), max(u.soc_max)
-FROM (
-    SELECT * FROM vehicle_rollups WHERE hour >= $1 AND hour < $2
-    UNION ALL
-    SELECT u.*
-    FROM (
-        SELECT DISTINCT d.device_id, date_trunc('day', d.hour, 'UTC') AS day
-        FROM unnest($3::text[], $4::timestamptz[]) AS d (device_id, hour)
-    ) AS touched
-    JOIN vehicle_rollups AS u
-      ON u.vehicle_id = touched.device_id AND u.hour >= touched.day
-     AND u.hour < touched.day + interval '1 day'
-    WHERE touched.day + interval '1 day' <= rollups_rolled()
-) AS u
-GROUP BY u.vehicle_id, date_trunc('day', u.hour, 'UTC')
+SELECT device_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+       joined_kwh, joined_skipped, sensor_sum, soc_min, soc_max
+FROM rollup_days('vehicle', $1, $2, $3, $4)
 ON CONFLICT (vehicle_id, day) DO UPDATE SET
     readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
     last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
