@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install serve test lint typecheck unit bench clean
+.PHONY: install serve test lint typecheck unit bench plans clean
 
 $(BIN)/energy-engine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: install
 .PHONY: bench-check
 bench-check: install
 	$(BIN)/pytest -m bench tests/e2e/test_bench.py $(ARGS)
+
+## Rewrite docs/analytics-plans.md: EXPLAIN of the analytics statements on a fixed history.
+plans: install
+	$(BIN)/python -m tests.plans --write
 
 unit: install
 	$(BIN)/pytest tests/unit $(ARGS)

@@ -1,0 +1,244 @@
+-- The rollup refresher's statements (rollups/store.py; the model is in
+-- migrations/0001_baseline.sql).
+--
+-- Every aggregation recomputes whole device-hours from raw rows (never adds to a stored
+-- rollup), and looks the reading before each hour up in raw history, so running any step
+-- twice, or after a crash, gives the same rollups. The meter and vehicle statements differ in
+-- their tables and sensor columns only; the rules they share are SQL functions
+-- (migrations/0001_baseline.sql, 0008_read_side.sql).
+
+-- name: roll_meter_hours
+-- The hour rollups of the meters' readings chosen by $3-$7 (see rollup_hours in
+-- migrations/0008_read_side.sql: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
+-- by the energy rules $1 (interval semantics) and $2 (max power kW).
+INSERT INTO meter_rollups AS u (
+    meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+    voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh, joined_kwh, joined_skipped
+)
+SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+       sensor_sum, sensor_min, sensor_max, prev_at, prev_kwh, joined_kwh, joined_skipped
+FROM rollup_hours('meter', $1, $2, $3, $4, $5, $6, $7)
+ORDER BY device_id, hour
+ON CONFLICT (meter_id, hour) DO UPDATE SET
+    readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
+    first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
+    added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    voltage_sum = excluded.voltage_sum, voltage_min = excluded.voltage_min,
+    voltage_max = excluded.voltage_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
+    joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped;
+
+-- name: roll_vehicle_hours
+INSERT INTO vehicle_rollups AS u (
+    vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh,
+    joined_kwh, joined_skipped
+)
+SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+       sensor_sum, sensor_min, sensor_max, soc_min, soc_max, prev_at, prev_kwh, joined_kwh,
+       joined_skipped
+FROM rollup_hours('vehicle', $1, $2, $3, $4, $5, $6, $7)
+ORDER BY device_id, hour
+ON CONFLICT (vehicle_id, hour) DO UPDATE SET
+    readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
+    first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
+    added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    battery_temp_sum = excluded.battery_temp_sum, battery_temp_min = excluded.battery_temp_min,
+    battery_temp_max = excluded.battery_temp_max, soc_min = excluded.soc_min,
+    soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
+    joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped;
+
+-- name: repair_next_meter
+-- A late reading may precede the first reading of its device's next rolled hour more closely
+-- than that rollup's `prev_at` does: after redoing dirty hours ($1 devices, $2 hours), the next
+-- rollup of each device names its predecessor again, and the increment from it ($3 interval
+-- semantics, $4 max power kW). Returns the repaired rollups: their days change too.
+UPDATE meter_rollups AS u
+SET prev_at = p.read_at, prev_kwh = p.kwh_consumed_ac,
+    joined_kwh = coalesce(
+        rollup_joined_kwh(u.first_at, u.first_kwh, p.read_at, p.kwh_consumed_ac, $4, $3), 0),
+    joined_skipped = coalesce(
+        rollup_joined_skipped(u.first_at, u.first_kwh, p.read_at, p.kwh_consumed_ac, $4, $3), 0)
+FROM (
+    SELECT DISTINCT d.device_id, n.hour
+    FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
+    CROSS JOIN LATERAL (
+        SELECT min(hour) AS hour
+        FROM meter_rollups
+        WHERE meter_id = d.device_id AND hour > d.hour
+    ) AS n
+    WHERE n.hour IS NOT NULL
+) AS next
+LEFT JOIN LATERAL (
+    SELECT read_at, kwh_consumed_ac
+    FROM meter_readings
+    WHERE meter_id = next.device_id AND read_at < next.hour
+    ORDER BY read_at DESC
+    LIMIT 1
+) AS p ON true
+WHERE u.meter_id = next.device_id AND u.hour = next.hour
+RETURNING u.meter_id AS device_id, u.hour;
+
+-- name: repair_next_vehicle
+UPDATE vehicle_rollups AS u
+SET prev_at = p.read_at, prev_kwh = p.kwh_delivered_dc,
+    joined_kwh = coalesce(
+        rollup_joined_kwh(u.first_at, u.first_kwh, p.read_at, p.kwh_delivered_dc, $4, $3), 0),
+    joined_skipped = coalesce(
+        rollup_joined_skipped(u.first_at, u.first_kwh, p.read_at, p.kwh_delivered_dc, $4, $3), 0)
+FROM (
+    SELECT DISTINCT d.device_id, n.hour
+    FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
+    CROSS JOIN LATERAL (
+        SELECT min(hour) AS hour
+        FROM vehicle_rollups
+        WHERE vehicle_id = d.device_id AND hour > d.hour
+    ) AS n
+    WHERE n.hour IS NOT NULL
+) AS next
+LEFT JOIN LATERAL (
+    SELECT read_at, kwh_delivered_dc
+    FROM vehicle_readings
+    WHERE vehicle_id = next.device_id AND read_at < next.hour
+    ORDER BY read_at DESC
+    LIMIT 1
+) AS p ON true
+WHERE u.vehicle_id = next.device_id AND u.hour = next.hour
+RETURNING u.vehicle_id AS device_id, u.hour;
+
+-- name: roll_meter_days
+-- The meters' day rollups (rollup_days in migrations/0008_read_side.sql) of the hours
+-- [$1, $2), all rolled (rolling), or of the complete days of the device-hours ($3 devices,
+-- $4 hours) that were redone or repaired (redoing); the other pair NULL.
+INSERT INTO meter_day_rollups AS d (
+    meter_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+    joined_kwh, joined_skipped
+)
+SELECT device_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+       joined_kwh, joined_skipped
+FROM rollup_days('meter', $1, $2, $3, $4)
+ON CONFLICT (meter_id, day) DO UPDATE SET
+    readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
+    last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    prev_at = excluded.prev_at, joined_kwh = excluded.joined_kwh,
+    joined_skipped = excluded.joined_skipped;
+
+-- name: roll_vehicle_days
+INSERT INTO vehicle_day_rollups AS d (
+    vehicle_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+    joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max
+)
+SELECT device_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+       joined_kwh, joined_skipped, sensor_sum, soc_min, soc_max
+FROM rollup_days('vehicle', $1, $2, $3, $4)
+ON CONFLICT (vehicle_id, day) DO UPDATE SET
+    readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
+    last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    prev_at = excluded.prev_at, joined_kwh = excluded.joined_kwh,
+    joined_skipped = excluded.joined_skipped, battery_temp_sum = excluded.battery_temp_sum,
+    soc_min = excluded.soc_min, soc_max = excluded.soc_max;
+
+-- name: take_dirty
+-- Dirty hours to redo, but not one whose redo failed as it is now (quarantined with its mark's
+-- generation): it is tried again once a new reading changes it.
+SELECT d.stream, d.device_id, d.hour, d.generation
+FROM rollup_dirty AS d
+WHERE d.hour < (SELECT at FROM rollup_watermarks WHERE name = 'rolled')
+  AND NOT EXISTS (SELECT FROM rollup_quarantine AS q
+                  WHERE q.stream = d.stream AND q.device_id = d.device_id AND q.hour = d.hour
+                    AND q.generation = d.generation)
+ORDER BY d.stream, d.device_id, d.hour
+LIMIT $1;
+
+-- name: forget_dirty
+-- The marks redone; a newer mark (another generation) stays for the next round.
+DELETE FROM rollup_dirty AS d
+USING unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[])
+    AS seen (stream, device_id, hour, generation)
+WHERE d.stream = seen.stream AND d.device_id = seen.device_id AND d.hour = seen.hour
+  AND d.generation = seen.generation;
+
+-- name: meter_devices_in
+-- The meters with readings in [$1, $2), to roll a failed batch apart device group by group.
+SELECT DISTINCT meter_id FROM meter_readings WHERE read_at >= $1 AND read_at < $2 ORDER BY 1;
+
+-- name: vehicle_devices_in
+SELECT DISTINCT vehicle_id FROM vehicle_readings WHERE read_at >= $1 AND read_at < $2 ORDER BY 1;
+
+-- name: leave_meters_dirty
+-- The hours of some devices ($1) in [$2, $3) that have readings, which could not be rolled up:
+-- left to the redo, which narrows the failure down to device-hours.
+INSERT INTO rollup_dirty (stream, device_id, hour, generation)
+SELECT 'meter', meter_id, hour, nextval('rollup_generation')
+FROM (SELECT DISTINCT meter_id, date_trunc('hour', read_at) AS hour
+      FROM meter_readings
+      WHERE meter_id = ANY($1::text[]) AND read_at >= $2 AND read_at < $3) AS failed
+ORDER BY meter_id, hour
+ON CONFLICT (stream, device_id, hour) DO UPDATE SET generation = excluded.generation;
+
+-- name: leave_vehicles_dirty
+INSERT INTO rollup_dirty (stream, device_id, hour, generation)
+SELECT 'vehicle', vehicle_id, hour, nextval('rollup_generation')
+FROM (SELECT DISTINCT vehicle_id, date_trunc('hour', read_at) AS hour
+      FROM vehicle_readings
+      WHERE vehicle_id = ANY($1::text[]) AND read_at >= $2 AND read_at < $3) AS failed
+ORDER BY vehicle_id, hour
+ON CONFLICT (stream, device_id, hour) DO UPDATE SET generation = excluded.generation;
+
+-- name: quarantine
+-- Device-hours whose redo failed ($1 streams, $2 devices, $3 hours, $4 generations, $5 why):
+-- kept out of the next rounds until a new reading changes them (migrations/0001_baseline.sql).
+INSERT INTO rollup_quarantine AS q (stream, device_id, hour, generation, reason)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[])
+ON CONFLICT (stream, device_id, hour) DO UPDATE
+    SET generation = excluded.generation, reason = excluded.reason, failed_at = now();
+
+-- name: release
+-- Quarantined hours that were redone after all ($1 streams, $2 devices, $3 hours).
+DELETE FROM rollup_quarantine AS q
+USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS done (stream, device_id, hour)
+WHERE q.stream = done.stream AND q.device_id = done.device_id AND q.hour = done.hour;
+
+-- name: quarantined
+SELECT count(*) FROM rollup_quarantine;
+
+-- name: lock
+-- One refresher at a time across processes ($1 the refresher's lock key), until commit.
+SELECT pg_advisory_xact_lock($1);
+
+-- name: try_lock
+SELECT pg_try_advisory_xact_lock($1);
+
+-- name: seal
+UPDATE rollup_watermarks SET at = $1 WHERE name = 'sealed' AND at < $1;
+
+-- name: watermarks
+-- NULL for -infinity (nothing sealed or rolled yet).
+SELECT name, CASE WHEN isfinite(at) THEN at END AS at FROM rollup_watermarks;
+
+-- name: set_rolled
+UPDATE rollup_watermarks SET at = $1 WHERE name = 'rolled';
+
+-- name: oldest_day
+-- Where rolling starts on a database that has never been rolled: its oldest partition's day.
+SELECT min(to_date(right(c.relname, 8), 'YYYYMMDD'))::timestamp AT TIME ZONE 'UTC'
+FROM pg_inherits AS i
+JOIN pg_class AS c ON c.oid = i.inhrelid
+WHERE i.inhparent IN ('meter_readings'::regclass, 'vehicle_readings'::regclass);
+
+-- name: rules
+SELECT interval_kwh, max_power_kw FROM rollup_rules;
+
+-- name: reset
+-- Drops every rollup and records the energy rules ($1 interval semantics, $2 max power kW)
+-- the next ones are computed with.
+WITH cleared_meters AS (DELETE FROM meter_rollups),
+     cleared_vehicles AS (DELETE FROM vehicle_rollups),
+     cleared_meter_days AS (DELETE FROM meter_day_rollups),
+     cleared_vehicle_days AS (DELETE FROM vehicle_day_rollups),
+     cleared_dirty AS (DELETE FROM rollup_dirty),
+     rules AS (
+         INSERT INTO rollup_rules (interval_kwh, max_power_kw) VALUES ($1, $2)
+         ON CONFLICT (only_row) DO UPDATE
+             SET interval_kwh = excluded.interval_kwh, max_power_kw = excluded.max_power_kw
+     )
+UPDATE rollup_watermarks SET at = '-infinity';
