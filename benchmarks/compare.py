@@ -1,7 +1,8 @@
 """Two revisions of the engine side by side, interleaved in one run: single-reading POST,
-batches of 1,000, and the 24 h performance report (the rows a change to the request path can
-move). Figures from different days differ by up to a third on a shared machine; ratios from
-one interleaved run do not.
+batches of 1,000, the 24 h performance report and the fleet ranking, plus one import and one
+rollup catch-up of each (a ratio above 1 is better for the new revision in every row). Figures
+from different days differ by up to a third on a shared machine; ratios from one interleaved run
+do not.
 
     git worktree add /tmp/base <revision>
     .venv/bin/python -m benchmarks.compare --base /tmp/base/src --new src --rounds 3
@@ -20,9 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import httpx
 
 from benchmarks import harness
 from benchmarks.scenarios import post_assignments, rollups_caught_up, vacuum
@@ -37,13 +41,39 @@ LOADS = [
 ]
 
 
-def _cli(src: str, *args: str, database_url: str | None = None) -> None:
+def _cli(src: str, *args: str, database_url: str | None = None) -> float:
+    """Run the engine's command from `src`; the seconds it took."""
     env = {**os.environ, "PYTHONPATH": src}
     if database_url:
         env["DATABASE_URL"] = database_url
+    began = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "energy_engine.cli", *args], env=env, check=True, capture_output=True
     )
+    return time.perf_counter() - began
+
+
+def _fleet_ms(base: str, requests: int) -> dict[str, float]:
+    """Median milliseconds of the fleet ranking over the default window (the last 24 whole
+    hours) and over a day starting at half past an hour, `requests` sequential requests each."""
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    windows = {
+        "fleet, default window": {},
+        "fleet, half-past day": {
+            "from": (hour - timedelta(hours=23, minutes=30)).isoformat(),
+            "to": hour.isoformat(),
+        },
+    }
+    medians = {}
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for label, params in windows.items():
+            times = []
+            for _ in range(requests):
+                began = time.perf_counter()
+                http.get("/v1/analytics/fleet", params=params).raise_for_status()
+                times.append((time.perf_counter() - began) * 1000)
+            medians[label] = statistics.median(times)
+    return medians
 
 
 def main() -> None:
@@ -52,11 +82,14 @@ def main() -> None:
     parser.add_argument("--new", required=True, help="src/ of the revision measured")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--fleet-requests", type=int, default=7)
     parser.add_argument("--out", type=Path, help="also write the results as Markdown here")
     options = parser.parse_args()
     trees = {"base": str(Path(options.base).resolve()), "new": str(Path(options.new).resolve())}
     wrk = harness.ensure_wrk()
     results: dict[tuple[str, str], list[harness.WrkRun]] = {}
+    once: dict[tuple[str, str], float] = {}  # readings/s of the import and the rollup catch-up
+    fleet_ms: dict[tuple[str, str], list[float]] = {}
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="energy-compare-") as work:
         fleet = Path(work) / "fleet.ndjson"
@@ -64,11 +97,15 @@ def main() -> None:
              "1", "--out", str(fleet), "--seed", "7")  # fmt: skip
         with db.embedded_postgres(Path(work) / "pgdata", cleanup=True) as admin:
             urls = {}
+            readings = sum(1 for _ in fleet.open(encoding="utf-8"))
             for name, src in trees.items():
                 database = f"compare_{name}_{uuid.uuid4().hex[:6]}"
                 asyncio.run(db.run_statements(admin, f"CREATE DATABASE {database}"))
                 urls[name] = db.with_database(admin, database)
-                _cli(src, "import", str(fleet), "--quiet", database_url=urls[name])
+                took = _cli(src, "import", str(fleet), "--quiet", database_url=urls[name])
+                once[("import", name)] = readings / took
+                lines.append(f"import {name:4} {readings:,} readings in {took:.1f} s")
+                print(lines[-1], flush=True)
             for round_ in range(options.rounds):
                 for name, src in trees.items():
                     os.environ["PYTHONPATH"] = src
@@ -76,8 +113,15 @@ def main() -> None:
                     with harness.engine(urls[name], log=log) as base:
                         if round_ == 0:
                             asyncio.run(post_assignments(base, fleet))
-                            asyncio.run(rollups_caught_up(urls[name]))
+                            waited = asyncio.run(rollups_caught_up(urls[name]))
+                            once[("rollups", name)] = readings / waited
+                            lines.append(f"rollups {name:4} caught up in {waited:.1f} s")
+                            print(lines[-1], flush=True)
                             asyncio.run(vacuum(urls[name]))
+                        for label, ms in _fleet_ms(base, options.fleet_requests).items():
+                            fleet_ms.setdefault((label, name), []).append(ms)
+                            lines.append(f"round {round_ + 1} {name:4} {label:22} p50 {ms:7.1f} ms")
+                            print(lines[-1], flush=True)
                         for label, script, connections, _ in LOADS:
                             env = {
                                 "BENCH_PREFIX": f"c{uuid.uuid4().hex[:6]}",
@@ -108,6 +152,15 @@ def main() -> None:
         table.append(
             f"| {label} | {b_rate:,.0f} {unit}, p99 {b_p99:.1f} ms | "
             f"{n_rate:,.0f} {unit}, p99 {n_p99:.1f} ms | {n_rate / b_rate:.2f} |"
+        )
+    for label in ("fleet, default window", "fleet, half-past day"):
+        b_ms, n_ms = (statistics.median(fleet_ms[(label, name)]) for name in ("base", "new"))
+        table.append(f"| {label} (p50) | {b_ms:,.0f} ms | {n_ms:,.0f} ms | {b_ms / n_ms:.2f} |")
+    for key, label in (("import", "import (one run)"), ("rollups", "rollup catch-up (one run)")):
+        b_rate, n_rate = once[(key, "base")], once[(key, "new")]
+        table.append(
+            f"| {label} | {b_rate:,.0f} readings/s | {n_rate:,.0f} readings/s | "
+            f"{n_rate / b_rate:.2f} |"
         )
     print("\n" + "\n".join(table))
     if options.out:
