@@ -20,6 +20,7 @@ FLEET = {
     "V-c": ("M-c", 1.0, 0.60),
     "V-d": ("M-d", 1.0, 1.10),
 }
+V_E_DC = 7.0  # kWh the meterless vehicle V-e delivers
 
 
 def at(minutes: float) -> datetime:
@@ -54,8 +55,13 @@ async def _charge(
 async def fleet(client: httpx.AsyncClient) -> httpx.AsyncClient:
     for vehicle_id, (meter_id, ac, dc) in FLEET.items():
         await _charge(client, vehicle_id, meter_id, ac, dc)
-    # A vehicle that reports but has no meter, and one that only has an assignment.
-    await client.post("/v1/ingest/vehicle", json=[vehicle("V-e", at(30), 5.0)])
+    # A vehicle that charges without a meter (its DC has no AC to compare with), and one that
+    # only has an assignment.
+    response = await client.post(
+        "/v1/ingest/vehicle",
+        json=[vehicle("V-e", at(30), 5.0), vehicle("V-e", at(40), 5.0 + V_E_DC)],
+    )
+    assert response.json() == {"accepted": 2, "duplicates": 0}
     response = await client.post(
         "/v1/assignments", json={"vehicleId": "V-f", "meterId": "M-f", "validFrom": iso(at(-60))}
     )
@@ -178,12 +184,18 @@ async def test_fleet_ranks_every_vehicle_with_its_own_report(fleet: httpx.AsyncC
         "unknown",
         "unknown",
     ]
+    # The fixture's own numbers: 150 one-minute steps per metered vehicle. DC counts in full,
+    # but loss and efficiency compare AC only with the DC of vehicles that have AC: V-e's
+    # 7 kWh must not make the fleet look more efficient.
+    ac = sum(150 * ac for _, ac, _ in FLEET.values())
+    dc_with_ac = sum(150 * dc for _, _, dc in FLEET.values())
     totals = body["totals"]
     assert totals["vehicles"] == 6
-    assert totals["acConsumedKwh"] == pytest.approx(4 * 150.0)
-    assert totals["dcDeliveredKwh"] == pytest.approx(150 * (0.92 + 0.80 + 0.60 + 1.10))
-    assert totals["lossKwh"] == pytest.approx(600 - 150 * (0.92 + 0.80 + 0.60 + 1.10))
-    assert totals["efficiency"] == pytest.approx((0.92 + 0.80 + 0.60 + 1.10) / 4, abs=1e-4)
+    assert totals["acConsumedKwh"] == pytest.approx(ac)
+    assert totals["dcDeliveredKwh"] == pytest.approx(dc_with_ac + V_E_DC)
+    assert totals["lossKwh"] == pytest.approx(ac - dc_with_ac)
+    assert totals["efficiency"] == pytest.approx(dc_with_ac / ac, abs=1e-4)
+    assert totals["efficiency"] != pytest.approx((dc_with_ac + V_E_DC) / ac, abs=1e-4)
     assert totals["health"] == {
         "healthy": 1,
         "warning": 1,
