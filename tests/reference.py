@@ -62,7 +62,7 @@ def window(
     first: dict[datetime, tuple[float, float | None]] = {}
     for point in points:
         if point[0] not in first:
-            first[point[0]] = (point[1], point[2] if len(point) > 2 else None)  # type: ignore[misc]
+            first[point[0]] = (point[1], point[2] if len(point) > 2 else None)
     readings = skipped = 0
     kwh = 0.0
     temps: list[float] = []
@@ -219,7 +219,7 @@ async def stored_report(
     return report(
         vehicle_id,
         [(r[0], r[1], r[2]) for r in vehicle_rows],
-        assigned,  # type: ignore[arg-type]
+        assigned,
         meter_points,  # type: ignore[arg-type]
         start,
         end,

@@ -102,8 +102,8 @@ async def test_hourly_series_points_are_the_report_of_each_step(
         (iso(at(120)), iso(at(170))),
     ]
     for point in points:
-        step = [datetime.fromisoformat(point[k]) for k in ("from", "to")]
-        want = await reference.stored_body(conn, "V-a", *step, settings)
+        step_from, step_to = (datetime.fromisoformat(point[k]) for k in ("from", "to"))
+        want = await reference.stored_body(conn, "V-a", step_from, step_to, settings)
         for key in ("acConsumedKwh", "dcDeliveredKwh", "lossKwh", "efficiency"):
             assert point[key] == want[key], (key, point)
         assert point["avgBatteryTemp"] == want["avgBatteryTemp"]
