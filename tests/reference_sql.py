@@ -1,5 +1,6 @@
-"""The analytics computed from raw history only: the brute-force reference that the
-rollup-based answers must equal (and the queries the engine used before rollups)."""
+"""The analytics computed from raw history only, in plain SQL that calls none of the engine's
+functions: a reference that the rollup-based answers must equal (tests/reference.py is the
+same in Python)."""
 
 # $1 vehicle, $2 from, $3 to, $4 baseline lookback, $5 max power kW, $6 interval semantics
 RAW_VEHICLE_WINDOW = """

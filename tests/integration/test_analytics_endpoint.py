@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -13,6 +14,7 @@ from energy_engine.analytics.endpoint import AnalyticsMiddleware, _window
 from energy_engine.asgi import Message, Receive, Scope, Send
 from energy_engine.settings import Settings
 from tests.readings import iso, meter, minute_ago, vehicle
+from tests.reference import stored_body
 
 T0 = minute_ago(120)
 WINDOW = {"from": iso(T0 - timedelta(minutes=5)), "to": iso(T0 + timedelta(minutes=65))}
@@ -35,37 +37,54 @@ async def _charge(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("vehicle_id", "params"),
+    ("vehicle_id", "params", "status"),
     [
-        ("V-1", WINDOW),
-        ("V-1", {"from": WINDOW["from"]}),
-        ("V-1", {}),
-        ("V-1", {"from": "2026-01-01T00:00:00"}),  # no offset: 422
-        ("V-1", {"from": WINDOW["to"], "to": WINDOW["from"]}),  # 422
-        ("ghost", WINDOW),  # 404
+        ("V-1", WINDOW, 200),
+        ("V-1", {"from": WINDOW["from"]}, 200),
+        ("V-1", {}, 200),
+        ("V-1", {"from": "2026-01-01T00:00:00"}, 422),  # no offset
+        ("V-1", {"from": WINDOW["to"], "to": WINDOW["from"]}, 422),
+        ("ghost", WINDOW, 404),
     ],
     ids=["window", "from only", "default window", "no offset", "from after to", "unknown"],
 )
-async def test_lean_and_fastapi_answers_are_the_same(
-    client: httpx.AsyncClient, vehicle_id: str, params: dict[str, str]
+async def test_lean_and_fastapi_answers_are_the_raw_historys(
+    client: httpx.AsyncClient,
+    conn: asyncpg.Connection,
+    settings: Settings,
+    vehicle_id: str,
+    params: dict[str, str],
+    status: int,
 ) -> None:
     await _charge(client)
     path = f"/v1/analytics/performance/{vehicle_id}"
     lean = await client.get(path, params=params)
     # An extra parameter sends the request on to FastAPI, which ignores it.
     routed = await client.get(path, params={**params, "via": "fastapi"})
-    assert lean.status_code == routed.status_code
-    assert lean.headers["content-type"] == routed.headers["content-type"]
-    lean_body, routed_body = lean.json(), routed.json()
-    if not params.get("to") and lean.status_code == 200:
-        # The default window ends at the request's own now.
-        for body in (lean_body, routed_body):
-            assert datetime.fromisoformat(body.pop("to")) <= datetime.now(UTC)
-            body.pop("from")
-    assert lean_body == routed_body
-    if vehicle_id == "V-1" and params == WINDOW:
-        assert lean_body["acConsumedKwh"] == pytest.approx(60.0)
-        assert lean_body["dcDeliveredKwh"] == pytest.approx(54.0)
+    for response in (lean, routed):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+    if status != 200:
+        assert lean.json() == routed.json()
+        return
+    for body in (lean.json(), routed.json()):
+        start = datetime.fromisoformat(body.pop("from"))
+        end = datetime.fromisoformat(body.pop("to"))
+        if "to" in params:
+            assert end == datetime.fromisoformat(params["to"])
+        else:  # the default window ends at the request's own now
+            assert T0 + timedelta(minutes=60) < end <= datetime.now(UTC)
+        if "from" in params:
+            assert start == datetime.fromisoformat(params["from"])
+        else:
+            assert end - start == timedelta(hours=24)
+        # Both answers against the report worked out from the raw history rows.
+        assert body == await stored_body(conn, vehicle_id, start, end, settings)
+        # The same charge in every window: 60 one-minute steps of 1 kWh AC and 0.9 kWh DC.
+        assert (body["acConsumedKwh"], body["dcDeliveredKwh"]) == (
+            pytest.approx(60.0),
+            pytest.approx(54.0),
+        )
 
 
 async def test_the_handler_answers_without_the_app(app: FastAPI, settings: Settings) -> None:

@@ -1,8 +1,8 @@
 """The fleet statement: every vehicle's numbers equal its own report, whatever the rollups hold.
 
-The per-vehicle report is checked against raw history in test_rollups.py; this checks the
-fleet-wide statement (time-range scans, shared baselines, assignments that change inside the
-window) against it, on random streams, windows and refresh points.
+Both the fleet-wide statement (time-range scans, shared baselines, assignments that change
+inside the window) and the per-vehicle report are checked against a brute-force count of the
+readings sent (tests/reference.py), on random streams, windows and refresh points.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import EnergySemantics, Settings
+from tests import reference
 from tests.conftest import RulesDatabase
 
 # Each example gets a day of its own, later than the one before: watermarks only move forward.
@@ -122,6 +123,28 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
             ],
         )
 
+    def arrivals(stream: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """The stream's readings in the order `part` writes them."""
+        return [point for index in range(3) for point in stream[index::3]]
+
+    def expected(vehicle: str) -> reference.Report | None:
+        stream = vehicle_streams.get(vehicle, [])
+        assigned = [(m, f, t) for v, m, f, t in assignments if v == vehicle]
+        if not stream and not assigned:
+            return None
+        return reference.report(
+            vehicle,
+            [(day + timedelta(minutes=m), kwh, 20.0 + m % 7) for m, kwh in arrivals(stream)],
+            assigned,
+            {
+                meter: [(day + timedelta(minutes=m), kwh) for m, kwh in arrivals(stream)]
+                for meter, stream in meter_streams.items()
+            },
+            start,
+            end,
+            reference.Rules.of(config),
+        )
+
     async def run() -> None:
         pool = await db.create_pool(url, config)
         try:
@@ -143,26 +166,16 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
                         await rollups.refresh(pool, config, day + timedelta(minutes=cuts[index]))
                 everyone = await fleet.fleet_numbers(pool, start, end, config)
                 for vehicle in vehicles:
+                    want = expected(vehicle)
                     alone = await analytics.performance(conn, vehicle, start, end, config)
-                    if alone is None:  # never reported, never assigned: not in the fleet
+                    if want is None:  # never reported, never assigned: not in the fleet
+                        assert alone is None
                         assert vehicle not in everyone
                         continue
-                    got = everyone[vehicle]
-                    assert (got.dc.readings, got.dc.skipped) == (
-                        alone.dc.readings,
-                        alone.dc.skipped,
-                    )
-                    assert got.dc.kwh == pytest.approx(alone.dc.kwh, rel=1e-9, abs=1e-9)
-                    if alone.dc.avg_battery_temp is None:
-                        assert got.dc.avg_battery_temp is None
-                    else:
-                        assert got.dc.avg_battery_temp == pytest.approx(alone.dc.avg_battery_temp)
-                    assert got.meter_ids == alone.meter_ids
-                    assert (got.meter_readings, got.meter_skipped) == (
-                        alone.meter_readings,
-                        alone.meter_skipped,
-                    )
-                    assert got.meter_kwh == pytest.approx(alone.meter_kwh, rel=1e-9, abs=1e-9)
+                    # The fleet's numbers and the vehicle's own, each against brute force.
+                    assert alone is not None
+                    _assert_equal(everyone[vehicle], want)
+                    _assert_equal(alone, want)
                 dirty = await conn.fetchval(
                     "SELECT count(*) FROM rollup_dirty WHERE device_id LIKE $1", f"%{tag}-%"
                 )
@@ -176,6 +189,23 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
             await pool.close()
 
     asyncio.run(run())
+
+
+def _assert_equal(got: analytics.Performance, want: reference.Report) -> None:
+    """A vehicle's window as the engine counts it equals the brute-force count."""
+    assert (got.dc.readings, got.dc.skipped) == (want.dc.readings, want.dc.skipped)
+    assert got.dc.kwh == pytest.approx(want.dc.kwh, rel=1e-9, abs=1e-9)
+    temps = want.dc.temps
+    if temps:
+        assert got.dc.avg_battery_temp == pytest.approx(sum(temps) / len(temps))
+    else:
+        assert got.dc.avg_battery_temp is None
+    assert got.meter_ids == [meter for meter, _ in want.meters]
+    assert (got.meter_readings, got.meter_skipped) == (
+        want.meter_readings,
+        sum(w.skipped for _, w in want.meters),
+    )
+    assert got.meter_kwh == pytest.approx(sum(w.kwh for _, w in want.meters), rel=1e-9, abs=1e-9)
 
 
 LATE_DAY = FIRST_DAY - timedelta(days=5)  # clear of the property test's days

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
+from energy_engine.settings import Settings
+from tests import reference
 from tests.readings import iso, meter, minute_ago, vehicle
 
 # Three whole hours ago, on the hour: the charges below span hour boundaries.
@@ -20,6 +23,7 @@ FLEET = {
     "V-c": ("M-c", 1.0, 0.60),
     "V-d": ("M-d", 1.0, 1.10),
 }
+V_E_DC = 7.0  # kWh the meterless vehicle V-e delivers
 
 
 def at(minutes: float) -> datetime:
@@ -54,8 +58,13 @@ async def _charge(
 async def fleet(client: httpx.AsyncClient) -> httpx.AsyncClient:
     for vehicle_id, (meter_id, ac, dc) in FLEET.items():
         await _charge(client, vehicle_id, meter_id, ac, dc)
-    # A vehicle that reports but has no meter, and one that only has an assignment.
-    await client.post("/v1/ingest/vehicle", json=[vehicle("V-e", at(30), 5.0)])
+    # A vehicle that charges without a meter (its DC has no AC to compare with), and one that
+    # only has an assignment.
+    response = await client.post(
+        "/v1/ingest/vehicle",
+        json=[vehicle("V-e", at(30), 5.0), vehicle("V-e", at(40), 5.0 + V_E_DC)],
+    )
+    assert response.json() == {"accepted": 2, "duplicates": 0}
     response = await client.post(
         "/v1/assignments", json={"vehicleId": "V-f", "meterId": "M-f", "validFrom": iso(at(-60))}
     )
@@ -74,7 +83,7 @@ async def _get(client: httpx.AsyncClient, path: str, **params: str | int) -> dic
 
 
 async def test_hourly_series_points_are_the_report_of_each_step(
-    fleet: httpx.AsyncClient,
+    fleet: httpx.AsyncClient, conn: asyncpg.Connection, settings: Settings
 ) -> None:
     start, end = at(-30), at(170)
     series = await _get(
@@ -93,14 +102,12 @@ async def test_hourly_series_points_are_the_report_of_each_step(
         (iso(at(120)), iso(at(170))),
     ]
     for point in points:
-        report = await _get(
-            fleet, "/v1/analytics/performance/V-a", **{"from": point["from"], "to": point["to"]}
-        )
-        assert point["acConsumedKwh"] == report["acConsumedKwh"]
-        assert point["dcDeliveredKwh"] == report["dcDeliveredKwh"]
-        assert point["efficiency"] == report["efficiency"]
-        assert point["avgBatteryTemp"] == report["avgBatteryTemp"]
-        assert point["readings"] == report["readings"]
+        step_from, step_to = (datetime.fromisoformat(point[k]) for k in ("from", "to"))
+        want = await reference.stored_body(conn, "V-a", step_from, step_to, settings)
+        for key in ("acConsumedKwh", "dcDeliveredKwh", "lossKwh", "efficiency"):
+            assert point[key] == want[key], (key, point)
+        assert point["avgBatteryTemp"] == want["avgBatteryTemp"]
+        assert point["readings"] == want["readings"]
     assert points[0]["readings"] == {"vehicle": 0, "meter": 0}
     # One rule for both sides: no readings of a side in a step, no energy figure for it.
     assert points[0]["socMin"] is None and points[0]["acConsumedKwh"] is None
@@ -161,15 +168,26 @@ def _window() -> dict[str, str]:
     return {"from": iso(at(-60)), "to": iso(at(180))}
 
 
-async def test_fleet_ranks_every_vehicle_with_its_own_report(fleet: httpx.AsyncClient) -> None:
+async def test_fleet_ranks_every_vehicle_with_its_own_report(
+    fleet: httpx.AsyncClient, conn: asyncpg.Connection, settings: Settings
+) -> None:
     body = await _get(fleet, "/v1/analytics/fleet", **_window())
     ranked = [v["vehicleId"] for v in body["vehicles"]]
     # Efficiency ascending; vehicles without one (no AC) last, by id.
     assert ranked == ["V-c", "V-b", "V-a", "V-d", "V-e", "V-f"]
+    start, end = at(-60), at(180)
+    expected = {v: await reference.stored_report(conn, v, start, end, settings) for v in ranked}
     for summary in body["vehicles"]:
+        found = expected[summary["vehicleId"]]
+        assert found is not None
+        # The fleet's line and the vehicle's own report, each against the raw history.
+        assert summary == found.body(settings)
         report = await _get(fleet, f"/v1/analytics/performance/{summary['vehicleId']}", **_window())
-        report.pop("from"), report.pop("to")
-        assert summary == report
+        assert (report.pop("from"), report.pop("to")) == (iso(start), iso(end))
+        assert report == found.body(settings)
+    assert body["totals"] == reference.totals(
+        [r for r in expected.values() if r is not None], settings
+    )
     assert [v["health"] for v in body["vehicles"]] == [
         "critical",
         "warning",
@@ -178,12 +196,18 @@ async def test_fleet_ranks_every_vehicle_with_its_own_report(fleet: httpx.AsyncC
         "unknown",
         "unknown",
     ]
+    # The fixture's own numbers: 150 one-minute steps per metered vehicle. DC counts in full,
+    # but loss and efficiency compare AC only with the DC of vehicles that have AC: V-e's
+    # 7 kWh must not make the fleet look more efficient.
+    ac = sum(150 * ac for _, ac, _ in FLEET.values())
+    dc_with_ac = sum(150 * dc for _, _, dc in FLEET.values())
     totals = body["totals"]
     assert totals["vehicles"] == 6
-    assert totals["acConsumedKwh"] == pytest.approx(4 * 150.0)
-    assert totals["dcDeliveredKwh"] == pytest.approx(150 * (0.92 + 0.80 + 0.60 + 1.10))
-    assert totals["lossKwh"] == pytest.approx(600 - 150 * (0.92 + 0.80 + 0.60 + 1.10))
-    assert totals["efficiency"] == pytest.approx((0.92 + 0.80 + 0.60 + 1.10) / 4, abs=1e-4)
+    assert totals["acConsumedKwh"] == pytest.approx(ac)
+    assert totals["dcDeliveredKwh"] == pytest.approx(dc_with_ac + V_E_DC)
+    assert totals["lossKwh"] == pytest.approx(ac - dc_with_ac)
+    assert totals["efficiency"] == pytest.approx(dc_with_ac / ac, abs=1e-4)
+    assert totals["efficiency"] != pytest.approx((dc_with_ac + V_E_DC) / ac, abs=1e-4)
     assert totals["health"] == {
         "healthy": 1,
         "warning": 1,

@@ -34,7 +34,10 @@ async def test_concurrent_requests_share_flushes_and_get_their_own_counts(
     for fresh, repeats, counts in results:
         assert counts == {"accepted": fresh, "duplicates": repeats}
     flushes = app.state.writer.flushes - flushes_before
-    assert flushes < 120, "requests were not coalesced"
+    # The 120 requests queue while the first flushes wait on PostgreSQL, and each flush takes
+    # the whole queue: a few flushes per writer at most (`< 120` passed with two sharing one).
+    writers = app.state.settings.writer_connections
+    assert flushes <= 2 * writers, f"{flushes} flushes for 120 requests: not coalesced"
     total = sum(c["accepted"] for _, _, c in results)
     rows = await conn.fetchval(
         "SELECT (SELECT count(*) FROM meter_readings) + (SELECT count(*) FROM vehicle_readings)"

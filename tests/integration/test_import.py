@@ -282,11 +282,17 @@ async def test_an_import_stores_what_the_api_stores(
     items += items[10:20]  # sent again, in a later batch and a later chunk
     keys = [(i.get("meterId", i.get("vehicleId")), i["timestamp"]) for i in items]
     assert len(set(keys)) < len(set(map(orjson.dumps, items))) < len(items)  # both kinds
+    accepted = duplicates = 0
     for start in range(0, len(items), 7):
         response = await client.post("/v1/ingest", json=items[start : start + 7])
         assert response.status_code == 200
+        accepted += response.json()["accepted"]
+        duplicates += response.json()["duplicates"]
     path = write_ndjson(tmp_path / "same.ndjson", items)
-    await import_files(other_conn, [path], settings, chunk_rows=chunk_rows)
+    reports = await import_files(other_conn, [path], settings, chunk_rows=chunk_rows)
+    # Each distinct (device, time) is new once, to the API and to the import alike.
+    assert accepted == len(set(keys))
+    assert counts(reports) == [("same.ndjson", len(items), accepted, duplicates)]
     assert await history(other_conn) == await history(conn)
     assert await hot_rows(other_conn) == await hot_rows(conn)
     assert len((await hot_rows(conn))[0]) == 4
@@ -332,8 +338,6 @@ async def test_readings_in_sealed_hours_mark_them_as_the_api_does(
     settings: Settings,
     tmp_path: Path,
 ) -> None:
-    if not await conn.fetchval("SELECT to_regclass('rollup_dirty') IS NOT NULL"):
-        pytest.skip("this schema keeps no hourly rollups")
     sealed = minute_ago(0).replace(minute=0)
     marks = "SELECT stream, device_id, hour FROM rollup_dirty ORDER BY 1, 2, 3"
     first = [meter("M-1", minute_ago(0), 9.0), vehicle("V-1", minute_ago(0), 9.0)]
@@ -355,12 +359,14 @@ async def test_readings_in_sealed_hours_mark_them_as_the_api_does(
             [r for r in readings if isinstance(r, MeterReading)],
             [r for r in readings if isinstance(r, VehicleReading)],
         )
-    await import_files(
+    reports = await import_files(
         other_conn, [write_ndjson(tmp_path / "first.ndjson", first)], settings, chunk_rows=10
     )
+    assert counts(reports) == [("first.ndjson", 2, 2, 0)]
     reports = await import_files(
         other_conn, [write_ndjson(tmp_path / "late.ndjson", late)], settings, chunk_rows=10
     )
+    assert counts(reports) == [("late.ndjson", 5, 5, 0)]
     assert reports[0].appended == 0  # meters: M-1 is behind its hot row, so the chunk merges
     hour = timedelta(hours=1)
     expected = [
@@ -378,8 +384,6 @@ async def test_readings_in_sealed_hours_mark_them_as_the_api_does(
 async def test_new_readings_in_sealed_hours_copied_straight_in_are_marked(
     conn: asyncpg.Connection, settings: Settings, tmp_path: Path
 ) -> None:
-    if not await conn.fetchval("SELECT to_regclass('rollup_dirty') IS NOT NULL"):
-        pytest.skip("this schema keeps no hourly rollups")
     sealed = minute_ago(0).replace(minute=0)
     await conn.execute("UPDATE rollup_watermarks SET at = $1 WHERE name = 'sealed'", sealed)
     items = [meter("M-1", sealed - timedelta(minutes=m), 1.0) for m in (150, 90, 30, 20)]
@@ -389,6 +393,7 @@ async def test_new_readings_in_sealed_hours_copied_straight_in_are_marked(
     ]
     path = write_ndjson(tmp_path / "late.ndjson", items)
     reports = await import_files(conn, [path], settings, chunk_rows=100)
+    assert counts(reports) == [("late.ndjson", 6, 6, 0)]
     assert reports[0].appended == 2  # both streams went straight into history
     hour = timedelta(hours=1)
     assert await rows(

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import asyncpg
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from tests.readings import meter, minute_ago, vehicle
@@ -92,6 +93,36 @@ async def test_duplicates_inside_one_batch_count_once_and_keep_the_first(
     assert response.json() == {"accepted": 1, "duplicates": 1}
     assert await conn.fetchval("SELECT soc FROM vehicle_readings") == 10
     assert await conn.fetchval("SELECT soc FROM vehicle_state") == 10
+
+
+@pytest.mark.parametrize("path", ["/v1/ingest/meter", "/v1/ingest"])
+async def test_meter_duplicates_inside_one_batch_keep_the_first(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, path: str
+) -> None:
+    # Repeats of one (meter, time) around other readings: each keeps its first value, and the
+    # hot row (latest and previous) is built from the first values too.
+    t1, t2 = minute_ago(3), minute_ago(2)
+    batch = [
+        meter("M-1", t1, 1.0, voltage=221.0),
+        meter("M-1", t2, 2.0, voltage=222.0),
+        meter("M-1", t1, 91.0, voltage=231.0),
+        meter("M-2", t2, 5.0),
+        meter("M-1", t2, 92.0, voltage=232.0),
+        meter("M-1", t2, 93.0, voltage=233.0),
+    ]
+    response = await client.post(path, json=batch)
+    assert response.json() == {"accepted": 3, "duplicates": 3}
+    stored = await conn.fetch(
+        "SELECT read_at, kwh_consumed_ac, voltage FROM meter_readings"
+        " WHERE meter_id = 'M-1' ORDER BY read_at"
+    )
+    assert [tuple(r) for r in stored] == [(t1, 1.0, 221.0), (t2, 2.0, 222.0)]
+    state = await conn.fetchrow(
+        "SELECT read_at, kwh_consumed_ac, voltage, prev_read_at, prev_kwh_consumed_ac"
+        " FROM meter_state WHERE meter_id = 'M-1'"
+    )
+    assert state is not None
+    assert tuple(state) == (t2, 2.0, 222.0, t1, 1.0)
 
 
 async def test_late_reading_lands_in_history_but_never_regresses_the_hot_store(

@@ -154,6 +154,10 @@ def test_any_body_and_headers_get_a_2xx_or_a_documented_4xx(
         assert set(answer) == {"error", "message", "errors"}, answer
         assert isinstance(answer["error"], str) and answer["message"]
     elif path.startswith("/v1/ingest"):
+        counts = response.json()
+        assert set(counts) == {"accepted", "duplicates"}, counts
+        assert counts["accepted"] >= 0 and counts["duplicates"] >= 0
+        assert counts["accepted"] + counts["duplicates"] >= 1
         assert runner.run(_out_of_bounds(database_url)) == 0
 
 

@@ -14,12 +14,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from typer.testing import CliRunner
 
 from energy_engine.cli import cli
+from energy_engine.settings import Settings
 from energy_engine.simulate.fleet import Fleet, FleetConfig, floor_minute
 from energy_engine.simulate.send import (
     Stats,
@@ -28,6 +30,7 @@ from energy_engine.simulate.send import (
     read_assignments,
     simulate,
 )
+from tests.reference import stored_body
 
 # Six vehicles, each on its own bay (no roaming), plugging in at every short stop; two of the
 # six chargers are faulty.
@@ -55,7 +58,25 @@ async def report(client: httpx.AsyncClient, vehicle_id: str) -> dict[str, Any]:
     return body
 
 
-async def test_backfill_is_accepted_and_judged_per_charger(client: httpx.AsyncClient) -> None:
+# The readings of each meter while it was assigned to the vehicle, inside the report's window.
+METER_READINGS_WHILE_ASSIGNED = """
+SELECT count(*)
+FROM assignments AS a
+JOIN meter_readings AS r
+  ON r.meter_id = a.meter_id
+ AND r.read_at >= greatest(a.valid_from, $2)
+ AND r.read_at < least(coalesce(a.valid_to, 'infinity'), $3)
+WHERE a.vehicle_id = $1
+"""
+
+
+def window_of(body: dict[str, Any]) -> tuple[datetime, datetime]:
+    return datetime.fromisoformat(body["from"]), datetime.fromisoformat(body["to"])
+
+
+async def test_backfill_is_accepted_and_judged_per_charger(
+    client: httpx.AsyncClient, conn: asyncpg.Connection
+) -> None:
     end = now()
     fleet = Fleet(DEPOT, end - timedelta(hours=3))
     stats = await simulate(client, fleet, end=end, batch_size=500, concurrency=3)
@@ -70,7 +91,11 @@ async def test_backfill_is_accepted_and_judged_per_charger(client: httpx.AsyncCl
     for vehicle, charger in zip(fleet.vehicles, fleet.chargers, strict=True):
         body = await report(client, vehicle.vehicle_id)
         assert body["meterIds"] == [charger.meter_id]
-        assert body["readings"] == {"vehicle": minutes, "meter": body["readings"]["meter"]}
+        meter_readings = await conn.fetchval(
+            METER_READINGS_WHILE_ASSIGNED, vehicle.vehicle_id, *window_of(body)
+        )
+        assert meter_readings > 0
+        assert body["readings"] == {"vehicle": minutes, "meter": meter_readings}
         assert body["acConsumedKwh"] > 1
         assert body["efficiency"] == pytest.approx(charger.efficiency, abs=2e-3)
         if charger.efficiency >= 0.85:
@@ -94,17 +119,30 @@ async def test_sending_again_stores_nothing_twice(client: httpx.AsyncClient) -> 
     assert again.assignment_conflicts == again.assignment_errors == 0
 
 
-async def test_roaming_vehicles_get_assignments_in_order(client: httpx.AsyncClient) -> None:
+async def test_roaming_vehicles_get_assignments_in_order(
+    client: httpx.AsyncClient, conn: asyncpg.Connection, settings: Settings
+) -> None:
     config = replace(DEPOT, meters=3, vehicles=8, roam_share=0.5, stop_minutes=(20, 60))
     end = now()
     stats = await simulate(client, Fleet(config, end - timedelta(hours=4)), end=end)
     assert stats.readings == stats.accepted
     assert stats.assignments > 8
     assert stats.assignment_conflicts == stats.assignment_errors == 0
+    judged = 0
     for index in range(1, 9):
-        body = await report(client, f"vehicle-{index:05d}")
-        # A mix of the chargers it used: never above the best nor below the worst.
-        assert body["efficiency"] is None or 0.68 <= body["efficiency"] <= 0.95, body
+        vehicle_id = f"vehicle-{index:05d}"
+        body = await report(client, vehicle_id)
+        start, end = window_of(body)
+        del body["from"], body["to"]
+        # Null only where the raw history says so (no charger yet, or nothing drawn).
+        assert body == await stored_body(conn, vehicle_id, start, end, settings)
+        if body["efficiency"] is not None:
+            judged += 1
+            # A mix of the chargers it used: never above the best nor below the worst.
+            assert 0.68 <= body["efficiency"] <= 0.95, body
+    # Three chargers for eight vehicles over four hours: most of them charge (seven, as the
+    # seed falls), so a report that left efficiency out would not pass unseen.
+    assert judged >= 4
 
 
 async def test_paced_replay_takes_its_time(client: httpx.AsyncClient) -> None:
@@ -183,6 +221,9 @@ async def test_out_files_import_into_a_fresh_database(
     assert imported.exit_code == 0, imported.output
     summary = f"{side}: {len(plugs)} assignments read, {len(plugs)} created, 0 unchanged"
     assert summary in imported.stdout.splitlines()
+    with gzip.open(out, "rb") as lines:
+        written = sum(1 for _ in lines)
+    assert f"{out}: {written:,} read, {written:,} inserted, 0 duplicates, " in imported.stdout
 
     judged = 0
     for vehicle_id in sorted({plug["vehicleId"] for plug in plugs}):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import asyncpg
 import httpx
 
@@ -17,7 +19,10 @@ async def test_vehicle_status_reports_latest_reading_power_and_charging(
         vehicle("V-1", minute_ago(2), 10.0, soc=40),
         vehicle("V-1", minute_ago(1), 11.0, soc=41),
     ]
-    await client.post("/v1/ingest/vehicle", json=batch)
+    posted = datetime.now(UTC)
+    ingested = await client.post("/v1/ingest/vehicle", json=batch)
+    answered = datetime.now(UTC)
+    assert ingested.json() == {"accepted": 2, "duplicates": 0}
     response = await client.get("/v1/vehicles/V-1/status")
     assert response.status_code == 200
     status = response.json()
@@ -26,7 +31,8 @@ async def test_vehicle_status_reports_latest_reading_power_and_charging(
     assert status["kwhDeliveredDc"] == 11.0
     assert status["batteryTemp"] == 25.0
     assert status["timestamp"] == iso(minute_ago(1))
-    assert status["receivedAt"] >= status["timestamp"]
+    # Received while the request was in flight (the database's clock is this machine's).
+    assert posted <= datetime.fromisoformat(status["receivedAt"]) <= answered
     assert status["powerKw"] == 60.0  # 1 kWh in one minute
     assert status["charging"] is True
     assert status["online"] is True
@@ -72,8 +78,11 @@ async def test_implausible_jump_gives_no_power(client: httpx.AsyncClient) -> Non
 async def test_meter_status_reports_power_and_current_vehicle(client: httpx.AsyncClient) -> None:
     await client.post("/v1/assignments", json={"vehicleId": "V-7", "meterId": "M-1"})
     batch = [meter("M-1", minute_ago(3), 100.0, 231), meter("M-1", minute_ago(1), 102.0, 229)]
-    await client.post("/v1/ingest/meter", json=batch)
+    posted = datetime.now(UTC)
+    assert (await client.post("/v1/ingest/meter", json=batch)).json()["accepted"] == 2
+    answered = datetime.now(UTC)
     status = (await client.get("/v1/meters/M-1/status")).json()
+    assert posted <= datetime.fromisoformat(status["receivedAt"]) <= answered
     assert status == {
         "meterId": "M-1",
         "kwhConsumedAc": 102.0,
