@@ -41,7 +41,8 @@ from energy_engine.bench.openload import open_load
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.settings import Settings
-from energy_engine.simulate import send
+from energy_engine.simulate import files, send
+from energy_engine.simulate.stats import Stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,10 +441,10 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
 
 
 async def _post_assignments(base: str, sim: Path) -> None:
-    stats = send.Stats()
+    stats = Stats()
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         await send.post_assignments(
-            client, send.read_assignments(send.assignments_path(sim)), stats
+            client, files.read_assignments(files.assignments_path(sim)), stats
         )
     if stats.assignment_errors:
         raise RuntimeError(f"assignments failed: {stats.first_error}")
