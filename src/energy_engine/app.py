@@ -105,7 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=ROUTERS)
     install_outage_handlers(app)
-    # Outermost: the lean routes never reach FastAPI's middleware or router.
+    # Added last, so it runs first: a lean route reaches neither BodyLimit nor FastAPI's router.
     app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
     for router in ROUTERS:
         app.include_router(router)
@@ -133,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, f"{pending} migrations pending")
         return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
-    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi(app, LEAN_ROUTES)  # type: ignore[method-assign]
     return app
 
 

@@ -93,7 +93,7 @@ class LeanRoutes:
         await self.app(scope, receive, send)
 
 
-def openapi(app: FastAPI, routes: Sequence[LeanRoute] = LEAN_ROUTES) -> dict[str, Any]:
+def openapi(app: FastAPI, routes: Sequence[LeanRoute]) -> dict[str, Any]:
     """The document of the app's FastAPI routes and of `routes`, plus the reading schemas the
     ingest routes' bodies refer to."""
     if app.openapi_schema:
