@@ -30,8 +30,14 @@ typecheck: install
 	$(BIN)/mypy tests
 
 ## Run every benchmark scenario on this machine and rewrite benchmarks/RESULTS.md (~15 min).
+## Needs wrk on PATH (apt-get install wrk); ARGS=--quick checks the run in about two minutes.
 bench: install
-	$(BIN)/energy-engine bench $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
+
+## The quick benchmark run end to end, as a test (pytest -m bench).
+.PHONY: bench-check
+bench-check: install
+	$(BIN)/pytest -m bench tests/e2e/test_bench.py $(ARGS)
 
 unit: install
 	$(BIN)/pytest tests/unit $(ARGS)

@@ -124,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
                 quarantined = None if pending else await rollups.quarantined(conn)
+        except db.MigrationMismatch as exc:
+            return _status(503, str(exc))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             found = outage(exc)
             if found is None:  # e.g. a role without rights: not ready either, and why

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
 import sys
 import warnings
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -21,9 +19,6 @@ from pydantic import ValidationError
 from energy_engine import db, server
 from energy_engine.app import create_app
 from energy_engine.settings import Settings
-
-RESULTS = Path("benchmarks/RESULTS.md")
-SCRIPTS = Path("benchmarks")
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -108,15 +103,36 @@ def serve(
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
     # that was there before; make that handler report the graceful stop as success.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if workers == 1:
-        uvicorn.run(create_app(settings), **options)
-        return
-    # Several processes: start the embedded PostgreSQL (if any) once, here, and let every
-    # worker build its app from the environment pointing at it. On SIGTERM the supervisor
-    # stops each worker, and each drains its own queue before it exits.
+    # The embedded PostgreSQL (if any) starts once, here, and the schema is checked and
+    # migrated before any worker starts, so that a problem is one line, not a worker's
+    # traceback. With several processes every worker builds its app from the environment
+    # pointing at it; on SIGTERM the supervisor stops each, and each drains its own queue.
     with db.database_url(settings) as url:
+        _prepare(url, settings)
+        if workers == 1:
+            uvicorn.run(create_app(settings.model_copy(update={"database_url": url})), **options)
+            return
         os.environ["DATABASE_URL"] = url
         server.run_workers("energy_engine.app:app_from_environment", workers, **options)
+
+
+def _prepare(url: str, settings: Settings) -> dict[str, Any]:
+    """Migrate and create partitions; one line and exit status 1 when the database's applied
+    migrations are not the ones this build ships."""
+
+    async def run() -> dict[str, Any]:
+        pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
+        try:
+            async with pool.acquire() as conn:
+                return await db.prepare(conn, settings)
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    except db.MigrationMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @cli.command()
@@ -128,17 +144,8 @@ def migrate() -> None:
     """
     settings = _settings()
     _check_database(settings)
-
-    async def run(url: str) -> dict[str, object]:
-        pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
-        try:
-            async with pool.acquire() as conn:
-                return await db.prepare(conn, settings)
-        finally:
-            await pool.close()
-
     with db.database_url(settings) as url:
-        outcome = asyncio.run(run(url))
+        outcome = _prepare(url, settings)
     typer.echo(f"migrations applied: {outcome['applied'] or 'none pending'}")
     typer.echo(f"partitions created: {outcome['partitions_created']}")
 
@@ -255,51 +262,6 @@ def simulate(
     )
     if stats.first_error:
         raise typer.Exit(1)
-
-
-@cli.command()
-def bench(
-    out: Annotated[Path, typer.Option(help="Where to write the results.")] = RESULTS,
-    scripts: Annotated[Path, typer.Option(help="The wrk Lua scripts.")] = SCRIPTS,
-    quick: Annotated[
-        bool, typer.Option(help="Seconds-long runs at small sizes: checks the bench, not speed.")
-    ] = False,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="Measure on this PostgreSQL server (default: a fresh embedded one)."),
-    ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Engine processes to measure.")] = 1,
-) -> None:
-    """Run every benchmark scenario on this machine and write the results table."""
-    import shlex
-    import tempfile
-
-    from rich.console import Console
-
-    from energy_engine.bench import harness, report, scenarios
-
-    console = Console(stderr=True)
-    # Stopped with SIGTERM, still stop the engine and the embedded PostgreSQL it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="energy-bench-") as work:
-        make = scenarios.Options.quick if quick else scenarios.Options
-        options = make(scripts=scripts.resolve(), work=Path(work), database_url=database_url)
-        options = dataclasses.replace(options, workers=workers)
-        try:
-            rows, postgres = scenarios.run_all(options, console)
-        except harness.BenchError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
-    page = report.render(
-        rows,
-        command=shlex.join(["energy-engine", *sys.argv[1:]]),
-        machine=harness.machine(),
-        revision=harness.git_revision(Path.cwd()),
-        postgres=postgres,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    console.print(page)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Iterator
@@ -252,6 +253,21 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def label(self) -> str:
+        """The file's name without `.sql`, e.g. `0001_baseline`."""
+        return f"{self.version:04d}_{self.name}"
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the file: a database records it for every migration it applied."""
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+class MigrationMismatch(Exception):
+    """The database's applied migrations are not the files this build ships; the message says
+    which one and what to do."""
+
 
 def load_migrations() -> list[Migration]:
     """All migrations shipped with the package, in version order."""
@@ -263,46 +279,87 @@ def load_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+# Released migrations are immutable: a database records the checksum of each file it applied,
+# and the engine refuses to run against one whose record differs from the files it ships,
+# rather than run on a schema it does not know (an edited migration never re-runs).
+CREATE_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+APPLIED_MIGRATIONS = "SELECT version, name, checksum, applied_at FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+
+
+async def _applied(conn: Connection) -> dict[int, asyncpg.Record]:
+    """The migrations recorded in the database, by version (none before the first)."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return {}
+    try:
+        rows = await conn.fetch(APPLIED_MIGRATIONS)
+    except asyncpg.UndefinedColumnError:
+        raise MigrationMismatch(
+            "the database was migrated by a pre-release build that kept no migration "
+            "checksums; its schema cannot be verified: recreate the database"
+        ) from None
+    return {row["version"]: row for row in rows}
+
+
+def verify_applied(applied: dict[int, asyncpg.Record], shipped: list[Migration]) -> None:
+    """MigrationMismatch unless every applied migration is shipped, byte for byte."""
+    by_version = {m.version: m for m in shipped}
+    for version, row in sorted(applied.items()):
+        migration = by_version.get(version)
+        if migration is None:
+            raise MigrationMismatch(
+                f"the database has migration {version:04d}_{row['name']}, which this build does "
+                "not ship: it was migrated by another build of the engine; run that build or "
+                "use a new database"
+            )
+        if row["checksum"] != migration.checksum:
+            raise MigrationMismatch(
+                f"migrations/{migration.label}.sql differs from the migration this database "
+                f"applied on {row['applied_at']:%Y-%m-%d} (checksum {row['checksum'][:12]}, "
+                f"shipped {migration.checksum[:12]}): a released migration must not change; "
+                "restore it and put the change in a new migration file"
+            )
+
+
 async def migrate(conn: Connection) -> list[str]:
-    """Apply pending migrations; safe with concurrent starters; returns those applied."""
+    """Apply pending migrations after checking the applied ones against the shipped files;
+    safe with concurrent starters; returns those applied."""
     applied_now: list[str] = []
+    shipped = load_migrations()
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(
-            """
-            CREATE TABLE IF NOT EXISTS schema_migrations (
-                version    integer PRIMARY KEY,
-                name       text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )
-            """
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in load_migrations():
-            if migration.version in done:
+        applied = await _applied(conn)
+        verify_applied(applied, shipped)
+        await conn.execute(CREATE_SCHEMA_MIGRATIONS)
+        for migration in shipped:
+            if migration.version in applied:
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                    migration.version,
-                    migration.name,
+                    RECORD_MIGRATION, migration.version, migration.name, migration.checksum
                 )
-            applied_now.append(f"{migration.version:04d}_{migration.name}")
-            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied_now.append(migration.label)
+            log.info("applied migration %s", migration.label)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
 
 
 async def pending_migrations(conn: Connection) -> int:
-    """How many shipped migrations the database lacks (all of them when none ran yet)."""
-    shipped = {m.version for m in load_migrations()}
-    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    if not exists:
-        return len(shipped)
-    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-    return len(shipped - done)
+    """How many shipped migrations the database lacks (all of them when none ran yet);
+    MigrationMismatch when what it applied is not what this build ships."""
+    shipped = load_migrations()
+    applied = await _applied(conn)
+    verify_applied(applied, shipped)
+    return len({m.version for m in shipped} - applied.keys())
 
 
 async def ensure_partitions(conn: Connection, first_day: date, last_day: date) -> int:

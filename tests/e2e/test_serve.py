@@ -17,7 +17,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from energy_engine.bench.harness import free_port
+from benchmarks.harness import free_port
 from energy_engine.cli import cli
 from tests.readings import meter, minute_ago, vehicle
 

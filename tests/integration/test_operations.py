@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import sys
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
+import pytest
 
 from energy_engine import db
 from energy_engine.settings import Settings
@@ -36,8 +41,8 @@ async def test_concurrent_migrations_apply_each_version_once(postgres_url: str) 
     try:
         results = await asyncio.gather(*(db.prepare(c, Settings(_env_file=None)) for c in conns))
         applied = [r["applied"] for r in results]
-        shipped = [f"{m.version:04d}_{m.name}" for m in db.load_migrations()]
-        assert shipped[:2] == ["0001_initial", "0002_compact_history"]
+        shipped = [m.label for m in db.load_migrations()]
+        assert shipped[0] == "0001_baseline"
         assert sorted(applied, key=len) == [[], [], [], shipped]
         count = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
         assert count == len(shipped)
@@ -111,47 +116,96 @@ def _refs(node: object) -> list[str]:
     return []
 
 
-async def test_compacting_migration_keeps_every_row(postgres_url: str) -> None:
-    name = f"energy_v1_{uuid.uuid4().hex[:8]}"
+@pytest.fixture
+async def migrated(postgres_url: str) -> AsyncIterator[str]:
+    """A database of its own, migrated by `energy-engine migrate`'s code."""
+    name = f"energy_sums_{uuid.uuid4().hex[:8]}"
     await admin(postgres_url, f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(with_database(postgres_url, name))
+    url = with_database(postgres_url, name)
+    conn = await asyncpg.connect(url)
     try:
-        first = db.load_migrations()[0]
-        await conn.execute(first.sql)
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        await conn.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES (1, $1)", first.name
-        )
-        await conn.execute("SELECT ensure_reading_partitions('2026-01-01', '2026-01-02')")
-        await conn.execute(
-            "INSERT INTO meter_readings (meter_id, read_at, kwh_consumed_ac, voltage)"
-            " VALUES ('M-1', '2026-01-01T23:59Z', 12345.678, 229.5),"
-            " ('M-1', '2026-01-02T00:00Z', 12345.679, 230.25)"
-        )
-        await conn.execute(
-            "INSERT INTO vehicle_readings"
-            " (vehicle_id, read_at, soc, kwh_delivered_dc, battery_temp)"
-            " VALUES ('V-1', '2026-01-02T00:00Z', 55.5, 87.125, 31.5)"
-        )
-        assert await db.migrate(conn) == [
-            f"{m.version:04d}_{m.name}" for m in db.load_migrations()[1:]
-        ]
-        meters = await conn.fetch(
-            "SELECT meter_id, kwh_consumed_ac, voltage FROM meter_readings ORDER BY read_at"
-        )
-        assert [tuple(r) for r in meters] == [("M-1", 12345.678, 229.5), ("M-1", 12345.679, 230.25)]
-        vehicle = await conn.fetchrow(
-            "SELECT soc, kwh_delivered_dc, battery_temp FROM vehicle_readings"
-        )
-        assert vehicle is not None
-        assert tuple(vehicle) == (55.5, 87.125, 31.5)
-        partitions = await conn.fetchval(
-            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'meter_readings'::regclass"
-        )
-        assert partitions == 2
+        await db.migrate(conn)
     finally:
         await conn.close()
-        await admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    yield url
+    await admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def test_every_applied_migration_is_recorded_with_its_checksum(migrated: str) -> None:
+    conn = await asyncpg.connect(migrated)
+    try:
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    finally:
+        await conn.close()
+    expected = {
+        (m.version, m.name, hashlib.sha256(m.sql.encode()).hexdigest())
+        for m in db.load_migrations()
+    }
+    assert {tuple(row) for row in rows} == expected
+
+
+async def _record(url: str, statement: str, *args: object) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement, *args)
+    finally:
+        await conn.close()
+
+
+EDITED = "migrations/0001_baseline.sql differs from the migration this database applied on "
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", "0"]])
+async def test_an_edited_migration_makes_serve_and_migrate_refuse(
+    migrated: str, command: list[str]
+) -> None:
+    """The database applied a 0001 whose text was not the shipped one: nothing starts."""
+    older = hashlib.sha256(b"-- 0001 as it was released\n").hexdigest()
+    await _record(migrated, "UPDATE schema_migrations SET checksum = $1 WHERE version = 1", older)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "energy_engine.cli",
+        *command,
+        env={**os.environ, "DATABASE_URL": migrated},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    stderr = err.decode()
+    assert process.returncode == 1
+    assert stderr.startswith("error: " + EDITED), stderr
+    assert f"(checksum {older[:12]}, shipped " in stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1
+
+
+async def test_readiness_names_an_edited_migration(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    await _record(database_url, "UPDATE schema_migrations SET checksum = 'x' WHERE version = 1")
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["status"].startswith(EDITED)
+
+
+async def test_a_migration_this_build_does_not_ship_is_refused(migrated: str) -> None:
+    await _record(
+        migrated,
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (999, 'future', 'x')",
+    )
+    conn = await asyncpg.connect(migrated)
+    try:
+        with pytest.raises(db.MigrationMismatch, match="has migration 0999_future, which this"):
+            await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def test_a_database_from_before_checksums_is_refused(migrated: str) -> None:
+    await _record(migrated, "ALTER TABLE schema_migrations DROP COLUMN checksum")
+    conn = await asyncpg.connect(migrated)
+    try:
+        with pytest.raises(db.MigrationMismatch, match="kept no migration checksums"):
+            await db.migrate(conn)
+    finally:
+        await conn.close()

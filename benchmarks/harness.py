@@ -1,8 +1,8 @@
 """What the benchmark drives: wrk, an `energy-engine serve` process, a PostgreSQL to measure.
 
-wrk (the Debian package) generates the closed-model HTTP load: a Python load generator
-saturates a core long before the server does (shared/FACTS.md). The Lua scripts in
-`benchmarks/` give every request a (device, minute) pair no other request uses and print one
+wrk (a prerequisite, e.g. the Debian package) generates the closed-model HTTP load: a Python
+load generator saturates a core long before the server does. The Lua scripts beside this
+module give every request a (device, minute) pair no other request uses and print one
 `BENCH_RESULT {json}` line that is parsed here.
 """
 
@@ -66,18 +66,13 @@ def median(values: list[float]) -> float:
 
 
 def ensure_wrk() -> str:
-    """The wrk binary; installs the Debian package when running as root, else explains."""
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
-        if not shutil.which("wrk"):
-            subprocess.run(["apt-get", "update"], check=False, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, capture_output=True)
+    """The wrk binary on PATH; a system package is the reader's to install, never ours."""
     found = shutil.which("wrk")
     if not found:
-        raise BenchError("wrk is needed for the HTTP scenarios: sudo apt-get install -y wrk")
+        raise BenchError(
+            "wrk is not installed; the benchmark needs it: sudo apt-get install wrk "
+            "(Debian/Ubuntu; brew install wrk on macOS)"
+        )
     return found
 
 

@@ -149,10 +149,10 @@ async def open_load(
 class _Connection:
     """One keep-alive HTTP/1.1 connection doing one request at a time.
 
-    Hand-written instead of httpx: httpx queues requests waiting for a pooled connection in a
-    list it rescans for every request, so once the server lagged the generator itself became
-    the bottleneck (py-spy: `_assign_requests_to_connections`), and a client per connection
-    costs an SSL context each. This needs only POST with a body and a status back.
+    Not httpx: it queues requests waiting for a pooled connection in a list it rescans for
+    every request, so a lagging server would make the generator itself the bottleneck, and a
+    client per connection costs an SSL context each. This needs only POST with a body and a
+    status back.
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -27,9 +27,8 @@ import asyncpg
 import httpx
 from rich.console import Console
 
-from energy_engine import db
-from energy_engine.bench import fleet
-from energy_engine.bench.harness import (
+from benchmarks import fleet
+from benchmarks.harness import (
     WrkRun,
     engine,
     ensure_wrk,
@@ -37,12 +36,15 @@ from energy_engine.bench.harness import (
     median_run,
     run_wrk,
 )
-from energy_engine.bench.openload import open_load
+from benchmarks.openload import open_load
+from energy_engine import db, sql
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.settings import Settings
 from energy_engine.simulate import files, send
 from energy_engine.simulate.stats import Stats
+
+queries = sql.load("benchmarks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +238,7 @@ async def _raw_round(url: str, seconds: int, run: int) -> float:
 async def _stored(url: str, prefix: str) -> int:
     conn = await asyncpg.connect(url)
     try:
-        count: int = await conn.fetchval(
-            "SELECT (SELECT count(*) FROM meter_readings WHERE meter_id LIKE $1)"
-            " + (SELECT count(*) FROM vehicle_readings WHERE vehicle_id LIKE $1)",
-            prefix + "-%",
-        )
+        count: int = await conn.fetchval(queries.stored_readings, prefix + "-%")
         return count
     finally:
         await conn.close()
@@ -425,7 +423,7 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
     own = re.search(r"([\d,]+) rows/s", summary)
     rate = float(own[1].replace(",", "")) if own else lines / seconds
     say(f"  {rate:,.0f} readings/s; whole command {lines / seconds:,.0f}/s ({seconds:.1f} s)")
-    asyncio.run(_post_assignments(base, sim))
+    asyncio.run(post_assignments(base, sim))
     return Row(
         6,
         f"Bulk import: `energy-engine import` of the simulator's NDJSON ({lines:,} readings)",
@@ -440,7 +438,8 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
     )
 
 
-async def _post_assignments(base: str, sim: Path) -> None:
+async def post_assignments(base: str, sim: Path) -> None:
+    """POST the simulator's assignments (written beside `sim`) to the engine at `base`."""
     stats = Stats()
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         await send.post_assignments(
@@ -450,24 +449,7 @@ async def _post_assignments(base: str, sim: Path) -> None:
         raise RuntimeError(f"assignments failed: {stats.first_error}")
 
 
-OLDER_HISTORY = {
-    "meter_readings": """
-        INSERT INTO meter_readings (read_at, kwh_consumed_ac, voltage, meter_id)
-        SELECT $1::timestamptz + m * interval '1 minute', m * 0.001, 230,
-               'meter-' || lpad(d::text, 5, '0')
-        FROM generate_series(1, $2) AS d, generate_series(0, 1439) AS m
-        ORDER BY d, m
-        ON CONFLICT DO NOTHING
-    """,
-    "vehicle_readings": """
-        INSERT INTO vehicle_readings (read_at, kwh_delivered_dc, soc, battery_temp, vehicle_id)
-        SELECT $1::timestamptz + m * interval '1 minute', m * 0.001, 50, 20,
-               'vehicle-' || lpad(d::text, 5, '0')
-        FROM generate_series(1, $2) AS d, generate_series(0, 1439) AS m
-        ORDER BY d, m
-        ON CONFLICT DO NOTHING
-    """,
-}
+OLDER_HISTORY = (queries.older_meter_history, queries.older_vehicle_history)
 
 
 async def _add_older_history(url: str, fleet: int, days: int) -> None:
@@ -479,27 +461,23 @@ async def _add_older_history(url: str, fleet: int, days: int) -> None:
     try:
         await db.ensure_partitions(conn, first_day.date(), (first_day + timedelta(days)).date())
         for offset in range(days):
-            for query in OLDER_HISTORY.values():
+            for query in OLDER_HISTORY:
                 await conn.execute(query, first_day + timedelta(days=offset), fleet)
         # Written behind the engine's back: have the refresher roll everything up again.
-        await conn.execute("UPDATE rollup_watermarks SET at = '-infinity' WHERE name = 'rolled'")
+        await conn.execute(queries.roll_up_again)
         await conn.execute("VACUUM ANALYZE meter_readings, vehicle_readings")
     finally:
         await conn.close()
 
 
-async def _rollups_caught_up(url: str, timeout_s: float = 900) -> float:
+async def rollups_caught_up(url: str, timeout_s: float = 900) -> float:
     """Seconds until the engine's refresher has rolled up every sealed hour and redone every
     dirty one (the steady state analytics are measured in)."""
     began = time.perf_counter()
     conn = await asyncpg.connect(url)
     try:
         while time.perf_counter() - began < timeout_s:
-            behind = await conn.fetchval(
-                "SELECT (SELECT count(*) FROM rollup_dirty)"
-                " + (SELECT count(*) FROM rollup_watermarks AS r, rollup_watermarks AS s"
-                "    WHERE r.name = 'rolled' AND s.name = 'sealed' AND r.at < s.at)"
-            )
+            behind = await conn.fetchval(queries.rollups_behind)
             if behind == 0:
                 return time.perf_counter() - began
             await asyncio.sleep(1)
@@ -509,9 +487,9 @@ async def _rollups_caught_up(url: str, timeout_s: float = 900) -> float:
 
 
 def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row:
-    waited = asyncio.run(_rollups_caught_up(url))
+    waited = asyncio.run(rollups_caught_up(url))
     say(f"  rollups caught up with the imported day {waited:.0f} s after the import")
-    asyncio.run(_vacuum(url))
+    asyncio.run(vacuum(url))
     env = {"BENCH_VEHICLES": str(options.fleet)}
 
     def measure(label: str) -> list[WrkRun]:
@@ -535,7 +513,7 @@ def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row
     extra = options.history_factor - 1
     say(f"  adding {extra} older days of history for the same fleet")
     asyncio.run(_add_older_history(url, options.fleet, extra))
-    rebuilt = asyncio.run(_rollups_caught_up(url))
+    rebuilt = asyncio.run(rollups_caught_up(url))
     say(f"  rollups rebuilt over all {options.history_factor} days in {rebuilt:.0f} s")
     large = measure(f"{options.history_factor}× the history")
     one, ten = median_run(small), median_run(large)
@@ -560,7 +538,8 @@ def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row
     )
 
 
-async def _vacuum(url: str) -> None:
+async def vacuum(url: str) -> None:
+    """VACUUM ANALYZE the whole database: measure on fresh statistics, not on autovacuum's luck."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("VACUUM ANALYZE")
@@ -570,15 +549,9 @@ async def _vacuum(url: str) -> None:
 
 # --- 7. storage -------------------------------------------------------------------------------
 
-SIZES = """
-SELECT sum(pg_relation_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS indexes
-FROM pg_inherits AS i
-JOIN pg_class AS c ON c.oid = i.inhrelid
-WHERE i.inhparent = $1::regclass
-"""
 COUNTS = {
-    "meter_readings": "SELECT count(*) FROM meter_readings",
-    "vehicle_readings": "SELECT count(*) FROM vehicle_readings",
+    "meter_readings": queries.meter_readings_count,
+    "vehicle_readings": queries.vehicle_readings_count,
 }
 
 
@@ -587,7 +560,7 @@ async def _storage(url: str) -> Row:
     try:
         sizes = {}
         for table, count in COUNTS.items():
-            row = await conn.fetchrow(SIZES, table)
+            row = await conn.fetchrow(queries.partition_sizes, table)
             assert row is not None
             sizes[table] = {"heap": row["heap"], "indexes": row["indexes"]}
             sizes[table]["rows"] = await conn.fetchval(count)

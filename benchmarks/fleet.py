@@ -20,46 +20,17 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from energy_engine import db
-from energy_engine.bench.harness import WrkRun, engine, run_wrk
+from benchmarks.harness import WrkRun, engine, run_wrk
+from energy_engine import db, sql
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import Settings
+
+queries = sql.load("benchmarks")
 
 LONG_HISTORY_VEHICLES = 100
 LONG_HISTORY_DAYS = 30
 
-# Device d's meter counts 0.02 kWh a minute (1.2 kW); its vehicle receives a share between
-# 0.70 and 1.00 of it, so the fleet spans every health class. One reading a minute from
-# $1 for $2 minutes, devices 1..$3.
-HISTORY = {
-    "meter_readings": """
-        INSERT INTO meter_readings (read_at, kwh_consumed_ac, voltage, meter_id)
-        SELECT $1::timestamptz + m * interval '1 minute', d * 10 + ($4 + m) * 0.02,
-               228 + m % 5, 'meter-' || lpad(d::text, 5, '0')
-        FROM generate_series(1, $3) AS d, generate_series(0, $2 - 1) AS m
-        ORDER BY d, m
-    """,
-    "vehicle_readings": """
-        INSERT INTO vehicle_readings (read_at, kwh_delivered_dc, soc, battery_temp, vehicle_id)
-        SELECT $1::timestamptz + m * interval '1 minute',
-               d * 10 + ($4 + m) * 0.02 * (0.70 + (d % 31) / 100.0),
-               (m / 10) % 100, 20 + m % 11, 'vehicle-' || lpad(d::text, 5, '0')
-        FROM generate_series(1, $3) AS d, generate_series(0, $2 - 1) AS m
-        ORDER BY d, m
-    """,
-}
-
-FLEET_STATE = """
-INSERT INTO vehicle_state (vehicle_id, read_at, soc, kwh_delivered_dc, battery_temp, received_at)
-SELECT 'vehicle-' || lpad(d::text, 5, '0'), $1, 50, 0, 20, now()
-FROM generate_series(1, $2) AS d;
-"""
-
-ASSIGNMENTS = """
-INSERT INTO assignments (vehicle_id, meter_id, valid_from)
-SELECT 'vehicle-' || lpad(d::text, 5, '0'), 'meter-' || lpad(d::text, 5, '0'), $1
-FROM generate_series(1, $2) AS d
-"""
+HISTORY = (queries.fleet_meter_history, queries.fleet_vehicle_history)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +61,12 @@ async def write_history(url: str, fleet: int) -> int:
         written = 0
         # Earlier days for the first vehicles: minute 0 of `first` up to an hour before `day`.
         early = int((day - first) / timedelta(minutes=1)) - 60
-        for query in HISTORY.values():
+        for query in HISTORY:
             await conn.execute(query, first, early, long_fleet, 0)
             await conn.execute(query, day - timedelta(hours=1), 25 * 60, fleet, early)
             written += early * long_fleet + 25 * 60 * fleet
-        await conn.execute(FLEET_STATE, day + timedelta(days=1), fleet)
-        await conn.execute(ASSIGNMENTS, first - timedelta(days=1), fleet)
+        await conn.execute(queries.fleet_vehicle_state, day + timedelta(days=1), fleet)
+        await conn.execute(queries.fleet_assignments, first - timedelta(days=1), fleet)
         await conn.execute("VACUUM ANALYZE")
         return written
     finally:

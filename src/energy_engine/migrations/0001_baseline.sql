@@ -1,88 +1,157 @@
--- Faster windows (issue 4's performance targets). EXPLAIN ANALYZE and py-spy on 10,000
--- vehicles × 24 h and 100 vehicles × 30 days showed where the time went; each change below
--- keeps every answer exactly what raw history gives (the property tests in
--- tests/integration/test_rollups.py and test_fleet_analytics.py).
+-- The engine's schema. Applied once to an empty database; every later change is a new
+-- migration file, and a shipped file never changes (db.migrate refuses a database whose applied
+-- migrations differ from the files by checksum). CHANGELOG.md has the history of the schema.
+
+-- Cold store: append-only history, one partition per UTC day, unique on (device, time).
+-- Fixed-width columns first so the tuples carry no alignment padding.
+CREATE TABLE meter_readings (
+    read_at         timestamptz      NOT NULL,
+    kwh_consumed_ac double precision NOT NULL,
+    voltage         real             NOT NULL,
+    meter_id        text             NOT NULL,
+    PRIMARY KEY (meter_id, read_at) WITH (fillfactor = 100)
+) PARTITION BY RANGE (read_at);
+
+CREATE TABLE vehicle_readings (
+    read_at          timestamptz      NOT NULL,
+    kwh_delivered_dc double precision NOT NULL,
+    soc              real             NOT NULL,
+    battery_temp     real             NOT NULL,
+    vehicle_id       text             NOT NULL,
+    PRIMARY KEY (vehicle_id, read_at) WITH (fillfactor = 100)
+) PARTITION BY RANGE (read_at);
+
+-- Hot store: one row per device with its latest reading and the one before it (for power and
+-- `charging`). Updated in place many times a minute: leave room on each page for HOT updates.
+CREATE TABLE meter_state (
+    meter_id             text PRIMARY KEY,
+    read_at              timestamptz      NOT NULL,
+    kwh_consumed_ac      double precision NOT NULL,
+    voltage              double precision NOT NULL,
+    received_at          timestamptz      NOT NULL,
+    prev_read_at         timestamptz,
+    prev_kwh_consumed_ac double precision
+) WITH (fillfactor = 70);
+
+CREATE TABLE vehicle_state (
+    vehicle_id            text PRIMARY KEY,
+    read_at               timestamptz      NOT NULL,
+    soc                   double precision NOT NULL,
+    kwh_delivered_dc      double precision NOT NULL,
+    battery_temp          double precision NOT NULL,
+    received_at           timestamptz      NOT NULL,
+    prev_read_at          timestamptz,
+    prev_kwh_delivered_dc double precision
+) WITH (fillfactor = 70);
+
+-- Which meter a vehicle charges from, and when. At most one open assignment per vehicle and per
+-- meter; plain partial unique indexes, since btree_gist is not available everywhere.
+CREATE TABLE assignments (
+    assignment_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    vehicle_id    text        NOT NULL,
+    meter_id      text        NOT NULL,
+    valid_from    timestamptz NOT NULL,
+    valid_to      timestamptz,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT assignments_valid_range CHECK (valid_to IS NULL OR valid_to >= valid_from)
+);
+CREATE UNIQUE INDEX assignments_open_vehicle ON assignments (vehicle_id) WHERE valid_to IS NULL;
+CREATE UNIQUE INDEX assignments_open_meter ON assignments (meter_id) WHERE valid_to IS NULL;
+CREATE INDEX assignments_vehicle_from ON assignments (vehicle_id, valid_from);
+CREATE INDEX assignments_meter_from ON assignments (meter_id, valid_from);
+
+-- Creates the daily partitions of both history tables for [first_day, last_day] (UTC days) that
+-- do not exist yet; returns how many it created. Serialised so that concurrent callers (several
+-- engine processes, the on-demand path and the maintenance task) never race on the same name.
+CREATE FUNCTION ensure_reading_partitions(first_day date, last_day date) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    day     date;
+    parent  text;
+    child   text;
+    created integer := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('energy_engine.partitions'));
+    FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
+        FOREACH parent IN ARRAY ARRAY['meter_readings', 'vehicle_readings'] LOOP
+            child := parent || '_p' || to_char(day, 'YYYYMMDD');
+            IF to_regclass(child) IS NULL THEN
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                    child, parent,
+                    day::timestamp AT TIME ZONE 'UTC',
+                    (day + 1)::timestamp AT TIME ZONE 'UTC'
+                );
+                created := created + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN created;
+END;
+$$;
+
+-- Hourly rollups: analytics read about 24 rows an hour-aligned day instead of 1,440 readings.
 --
--- * Stored joined step. The increment from the reading before a rollup's hour (`prev_at`) into
---   its first reading depends only on the two readings and the energy rules, except that a
---   window counts it only when that predecessor is inside the window or the baseline lookback.
---   The rollup stores it (`joined_kwh`, `joined_skipped`), so a settled device's rollups are
---   summed without ordering them: the window functions sum them into one piece instead of
---   sorting 720 rollups of 30 days through a window function, and the fleet ranking sums a
---   comparison per rollup.
--- * Day rollups: a device's complete UTC day, with the same meaning as an hour rollup. A 30-day
---   window reads 30 of them and at most 46 hour rollups; a calendar day of the fleet 10,000
---   instead of 240,000.
--- * Partition pruning when a statement starts. The request pool runs generic plans
---   (db.create_pool), which prune history partitions at executor start-up by what they know
---   then: parameters and stable function calls, not values of a subquery or CTE. The window
---   functions bounded their scans of unrolled and dirty hours by CTE values, so each of those
---   scans started on every day partition of the window (31 for 30 days) to read an hour or
---   two: 5 of the 6.3 ms of a 30-day report. Those hours are now read through small PL/pgSQL
---   functions whose plans take the bounds as parameters (`*_readings_between`); an inlined
---   function bound prunes as well, but is evaluated once per partition (40 watermark lookups a
---   scan). Meters assigned for part of a window go through `meter_segment_energy` likewise.
+-- A rollup holds one device-hour: its first and last reading, and the energy added *between
+-- readings of that hour* (the increment into the hour's first reading depends on the reading
+-- before it, possibly in another hour, so it is computed when a window is read). That makes a
+-- rollup depend on its own hour's rows only, so late data corrects exactly the hour it lands in.
+--
+-- Exactness: hours before the `rolled` watermark have rollups, unless they are marked dirty
+-- (a reading arrived for them after they were sealed); everything else is read raw. A window
+-- is pieced together from the baseline reading, raw rows at its edges and in dirty hours, and
+-- rollups of the clean whole hours in between; the increments between consecutive pieces are
+-- computed with the same rules as between raw readings, so the answer equals the raw one.
+--
+-- Watermarks: writers mark (device, hour) dirty when they insert a reading older than `sealed`,
+-- holding a share lock on the `sealed` row until they commit. The refresher moves `sealed`
+-- forward first (the UPDATE waits for those writers), and only then aggregates the hours below
+-- it, so every reading is either seen by that aggregation or marked dirty.
+CREATE TABLE meter_rollups (
+    meter_id      text             NOT NULL,
+    hour          timestamptz      NOT NULL,
+    readings      integer          NOT NULL,
+    first_at      timestamptz      NOT NULL,
+    last_at       timestamptz      NOT NULL,
+    first_kwh     double precision NOT NULL,
+    last_kwh      double precision NOT NULL,
+    added_kwh     double precision NOT NULL,  -- plausible increments between this hour's readings
+    skipped       integer          NOT NULL,  -- implausible ones
+    voltage_sum   double precision NOT NULL,
+    voltage_min   real             NOT NULL,
+    voltage_max   real             NOT NULL,
+    prev_at       timestamptz,                -- the device's reading before this hour, if any
+    prev_kwh      double precision,
+    joined_kwh    double precision NOT NULL DEFAULT 0,  -- the increment from prev into first
+    joined_skipped smallint        NOT NULL DEFAULT 0,
+    PRIMARY KEY (meter_id, hour)
+);
 
--- The increment from `prev_kwh` to `kwh` by the rules of energy_engine.energy.increment.
-CREATE FUNCTION energy_increment(
-    kwh double precision, prev_kwh double precision, interval_kwh boolean
-)
-RETURNS double precision
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT CASE WHEN interval_kwh THEN kwh
-            WHEN kwh >= prev_kwh THEN kwh - prev_kwh
-            ELSE kwh  -- a counter reset
-       END
-$$;
-
--- The increment from the reading before a rollup's hour into its first reading, counted
--- (when plausible) and skipped (when not); none without a predecessor.
-CREATE FUNCTION rollup_joined_kwh(
-    first_at timestamptz, first_kwh double precision, prev_at timestamptz,
-    prev_kwh double precision, max_kw double precision, interval_kwh boolean
-) RETURNS double precision
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT CASE WHEN energy_increment(first_kwh, prev_kwh, interval_kwh) * 3600
-                 <= max_kw * date_part('epoch', first_at - prev_at)
-            THEN energy_increment(first_kwh, prev_kwh, interval_kwh)
-            ELSE 0
-       END
-$$;
-
-CREATE FUNCTION rollup_joined_skipped(
-    first_at timestamptz, first_kwh double precision, prev_at timestamptz,
-    prev_kwh double precision, max_kw double precision, interval_kwh boolean
-) RETURNS smallint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT CASE WHEN energy_increment(first_kwh, prev_kwh, interval_kwh) * 3600
-                 > max_kw * date_part('epoch', first_at - prev_at)
-            THEN 1
-            ELSE 0
-       END::smallint
-$$;
-
-ALTER TABLE meter_rollups
-    ADD COLUMN joined_kwh double precision NOT NULL DEFAULT 0,
-    ADD COLUMN joined_skipped smallint NOT NULL DEFAULT 0;
-ALTER TABLE vehicle_rollups
-    ADD COLUMN joined_kwh double precision NOT NULL DEFAULT 0,
-    ADD COLUMN joined_skipped smallint NOT NULL DEFAULT 0;
-
-UPDATE meter_rollups AS u
-SET joined_kwh = rollup_joined_kwh(u.first_at, u.first_kwh, u.prev_at, u.prev_kwh,
-                                   r.max_power_kw, r.interval_kwh),
-    joined_skipped = rollup_joined_skipped(u.first_at, u.first_kwh, u.prev_at, u.prev_kwh,
-                                           r.max_power_kw, r.interval_kwh)
-FROM rollup_rules AS r
-WHERE u.prev_at IS NOT NULL;
-
-UPDATE vehicle_rollups AS u
-SET joined_kwh = rollup_joined_kwh(u.first_at, u.first_kwh, u.prev_at, u.prev_kwh,
-                                   r.max_power_kw, r.interval_kwh),
-    joined_skipped = rollup_joined_skipped(u.first_at, u.first_kwh, u.prev_at, u.prev_kwh,
-                                           r.max_power_kw, r.interval_kwh)
-FROM rollup_rules AS r
-WHERE u.prev_at IS NOT NULL;
+CREATE TABLE vehicle_rollups (
+    vehicle_id       text             NOT NULL,
+    hour             timestamptz      NOT NULL,
+    readings         integer          NOT NULL,
+    first_at         timestamptz      NOT NULL,
+    last_at          timestamptz      NOT NULL,
+    first_kwh        double precision NOT NULL,
+    last_kwh         double precision NOT NULL,
+    added_kwh        double precision NOT NULL,
+    skipped          integer          NOT NULL,
+    battery_temp_sum double precision NOT NULL,
+    battery_temp_min real             NOT NULL,
+    battery_temp_max real             NOT NULL,
+    soc_min          real             NOT NULL,
+    soc_max          real             NOT NULL,
+    prev_at          timestamptz,
+    prev_kwh         double precision,
+    joined_kwh       double precision NOT NULL DEFAULT 0,
+    joined_skipped   smallint         NOT NULL DEFAULT 0,
+    PRIMARY KEY (vehicle_id, hour)
+);
+-- The fleet reads one window's hours for every device at once, a range the (device, hour)
+-- primary key cannot serve.
+CREATE INDEX meter_rollups_hour ON meter_rollups (hour);
+CREATE INDEX vehicle_rollups_hour ON vehicle_rollups (hour);
 
 -- Day rollups: a device's complete UTC day summed from its hour rollups, with the same
 -- meaning (readings, the energy added between the day's readings, its first reading, last
@@ -126,35 +195,109 @@ CREATE TABLE vehicle_day_rollups (
 );
 CREATE INDEX vehicle_day_rollups_day ON vehicle_day_rollups (day);
 
--- The complete days rolled up so far (rollups/store.py keeps them from now on; the same sums).
-INSERT INTO meter_day_rollups
-SELECT u.meter_id, date_trunc('day', u.hour, 'UTC'), sum(u.readings)::integer,
-       (array_agg(u.first_kwh ORDER BY u.hour))[1], max(u.last_at),
-       (array_agg(u.last_kwh ORDER BY u.hour DESC))[1],
-       sum(u.added_kwh + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                              THEN u.joined_kwh ELSE 0 END),
-       sum(u.skipped + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                            THEN u.joined_skipped ELSE 0 END)::integer,
-       (array_agg(u.prev_at ORDER BY u.hour))[1], (array_agg(u.joined_kwh ORDER BY u.hour))[1],
-       (array_agg(u.joined_skipped ORDER BY u.hour))[1]
-FROM meter_rollups AS u
-WHERE u.hour < (SELECT date_trunc('day', at, 'UTC') FROM rollup_watermarks WHERE name = 'rolled')
-GROUP BY u.meter_id, date_trunc('day', u.hour, 'UTC');
 
-INSERT INTO vehicle_day_rollups
-SELECT u.vehicle_id, date_trunc('day', u.hour, 'UTC'), sum(u.readings)::integer,
-       (array_agg(u.first_kwh ORDER BY u.hour))[1], max(u.last_at),
-       (array_agg(u.last_kwh ORDER BY u.hour DESC))[1],
-       sum(u.added_kwh + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                              THEN u.joined_kwh ELSE 0 END),
-       sum(u.skipped + CASE WHEN u.prev_at >= date_trunc('day', u.hour, 'UTC')
-                            THEN u.joined_skipped ELSE 0 END)::integer,
-       (array_agg(u.prev_at ORDER BY u.hour))[1], (array_agg(u.joined_kwh ORDER BY u.hour))[1],
-       (array_agg(u.joined_skipped ORDER BY u.hour))[1],
-       sum(u.battery_temp_sum), min(u.soc_min), max(u.soc_max)
-FROM vehicle_rollups AS u
-WHERE u.hour < (SELECT date_trunc('day', at, 'UTC') FROM rollup_watermarks WHERE name = 'rolled')
-GROUP BY u.vehicle_id, date_trunc('day', u.hour, 'UTC');
+-- Device-hours whose rollup misses readings that arrived after the hour was sealed. The
+-- generation lets the refresher delete only the marks it has seen.
+CREATE SEQUENCE rollup_generation;
+CREATE TABLE rollup_dirty (
+    stream     text        NOT NULL CHECK (stream IN ('meter', 'vehicle')),
+    device_id  text        NOT NULL,
+    hour       timestamptz NOT NULL,
+    generation bigint      NOT NULL,
+    PRIMARY KEY (stream, device_id, hour)
+);
+
+-- 'sealed': readings before it mark their hour dirty. 'rolled': hours before it have rollups.
+-- Both start at -infinity: nothing is rolled until the refresher has run (analytics then read
+-- raw rows, exactly as before rollups existed).
+CREATE TABLE rollup_watermarks (
+    name text        PRIMARY KEY CHECK (name IN ('sealed', 'rolled')),
+    at   timestamptz NOT NULL
+);
+INSERT INTO rollup_watermarks (name, at) VALUES ('sealed', '-infinity'), ('rolled', '-infinity');
+
+-- The energy rules the rollups were computed with; other settings mean a rebuild.
+CREATE TABLE rollup_rules (
+    only_row       boolean          PRIMARY KEY DEFAULT true CHECK (only_row),
+    interval_kwh   boolean          NOT NULL,
+    max_power_kw   double precision NOT NULL
+);
+
+-- Lets the refresher read one hour of history without scanning the whole day partition; a
+-- BRIN index on an append-mostly time column costs a few pages per partition.
+CREATE INDEX meter_readings_read_at ON meter_readings USING brin (read_at);
+CREATE INDEX vehicle_readings_read_at ON vehicle_readings USING brin (read_at);
+
+-- Device-hours the refresher could not aggregate (a poison value in history that no bound
+-- kept out): each is narrowed down alone and every other hour still rolls up. A quarantined
+-- hour stays dirty, so readers take its raw rows; it is tried again once a new reading
+-- changes it (its dirty mark's generation).
+CREATE TABLE rollup_quarantine (
+    stream     text        NOT NULL CHECK (stream IN ('meter', 'vehicle')),
+    device_id  text        NOT NULL,
+    hour       timestamptz NOT NULL,
+    generation bigint      NOT NULL,  -- of the dirty mark whose redo failed
+    failed_at  timestamptz NOT NULL DEFAULT now(),
+    reason     text        NOT NULL,
+    PRIMARY KEY (stream, device_id, hour)
+);
+
+-- The increment from `prev_kwh` to `kwh` by the rules of energy_engine.energy.increment; NULL
+-- without a previous reading (cumulative semantics). A difference beyond the largest double
+-- (both huge, of opposite signs) is +Infinity instead of an overflow error.
+CREATE FUNCTION energy_increment(
+    kwh double precision, prev_kwh double precision, interval_kwh boolean
+)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN interval_kwh THEN kwh
+            WHEN prev_kwh IS NULL THEN NULL
+            WHEN kwh >= prev_kwh THEN
+                CASE WHEN prev_kwh >= 0 OR kwh <= 0  -- the same sign: a finite difference
+                          OR (kwh < 1e300::float8 AND prev_kwh > -1e300::float8)
+                     THEN kwh - prev_kwh
+                     ELSE 'Infinity'::float8
+                END
+            ELSE kwh  -- a counter reset
+       END
+$$;
+
+-- Whether `added` kWh within `seconds` needs at most `max_kw` either way (energy.is_plausible);
+-- NULL when either is unknown. Divided rather than multiplied out: `added * 3600` overflows
+-- for a poison value, `max_kw * seconds / 3600` never does; NaN and ±Infinity compare false.
+CREATE FUNCTION energy_plausible(
+    added double precision, seconds double precision, max_kw double precision
+)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT abs(added) <= max_kw * seconds / 3600
+$$;
+
+-- The increment from the reading before a rollup's hour into its first reading, counted
+-- (when plausible) and skipped (when not); none without a predecessor.
+CREATE FUNCTION rollup_joined_kwh(
+    first_at timestamptz, first_kwh double precision, prev_at timestamptz,
+    prev_kwh double precision, max_kw double precision, interval_kwh boolean
+) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN energy_plausible(energy_increment(first_kwh, prev_kwh, interval_kwh),
+                                  date_part('epoch', first_at - prev_at), max_kw)
+            THEN energy_increment(first_kwh, prev_kwh, interval_kwh)
+            ELSE 0
+       END
+$$;
+
+CREATE FUNCTION rollup_joined_skipped(
+    first_at timestamptz, first_kwh double precision, prev_at timestamptz,
+    prev_kwh double precision, max_kw double precision, interval_kwh boolean
+) RETURNS smallint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN NOT energy_plausible(energy_increment(first_kwh, prev_kwh, interval_kwh),
+                                      date_part('epoch', first_at - prev_at), max_kw)
+            THEN 1
+            ELSE 0
+       END::smallint
+$$;
 
 -- The whole UTC days of the rolled hours [hour_from, hour_to): [rollup_days_from,
 -- rollup_days_to); the hours before and after them are read from hour rollups.
@@ -224,9 +367,13 @@ BEGIN
 END
 $$;
 
--- As in 0004, with every raw-row scan bounded by the functions above. The pieces and the
--- arithmetic are unchanged.
-CREATE OR REPLACE FUNCTION vehicle_window_energy(
+-- Energy of one vehicle over [window_from, window_to): readings, counted kWh, skipped
+-- (implausible) increments, the sum of battery temperatures and the SoC range. Equal to
+-- energy_engine.energy.window_energy over the raw readings: a window is pieced together from
+-- the baseline reading, raw rows at its edges and in dirty hours, day rollups of whole clean
+-- days and hour rollups of the other whole clean hours; the increments between consecutive
+-- pieces follow the same rules as between raw readings.
+CREATE FUNCTION vehicle_window_energy(
     vehicle text, window_from timestamptz, window_to timestamptz,
     lookback interval, max_kw double precision, interval_kwh boolean
 ) RETURNS TABLE (
@@ -340,10 +487,8 @@ pieces AS (
 ),
 steps AS (
     SELECT counted, added, skipped, readings, temp_sum, soc_min, soc_max,
-           CASE WHEN joined_in THEN NULL  -- the settled rollups' piece joined itself
-                WHEN interval_kwh THEN first_kwh
-                WHEN first_kwh >= lag(last_kwh) OVER w THEN first_kwh - lag(last_kwh) OVER w
-                WHEN lag(last_kwh) OVER w IS NOT NULL THEN first_kwh  -- a counter reset
+           CASE WHEN NOT joined_in  -- the settled rollups' piece joined itself
+                THEN energy_increment(first_kwh, lag(last_kwh) OVER w, interval_kwh)
            END AS joined,
            CASE WHEN NOT joined_in
                 THEN EXTRACT(epoch FROM first_at - lag(last_at) OVER w)::float8
@@ -354,9 +499,9 @@ steps AS (
 SELECT coalesce(sum(readings), 0)::bigint,
        coalesce(sum(added), 0)
            + coalesce(sum(joined) FILTER (WHERE seconds IS NULL
-                                             OR joined * 3600 <= max_kw * seconds), 0),
+                                             OR energy_plausible(joined, seconds, max_kw)), 0),
        (coalesce(sum(skipped), 0)
-           + count(*) FILTER (WHERE joined * 3600 > max_kw * seconds))::bigint,
+           + count(*) FILTER (WHERE NOT energy_plausible(joined, seconds, max_kw)))::bigint,
        sum(temp_sum),
        min(soc_min),
        max(soc_max)
@@ -364,7 +509,11 @@ FROM steps
 WHERE counted
 $$;
 
-CREATE OR REPLACE FUNCTION meter_window_energy(
+-- The same for one meter over [window_from, window_to): readings, counted kWh, skipped.
+-- [outer_from, outer_to) encloses the window and is known when the query is planned (the
+-- caller's whole window, while window_from/to are one assignment's part of it): repeated on
+-- every scan, it lets PostgreSQL prune the partitions outside it.
+CREATE FUNCTION meter_window_energy(
     meter text, window_from timestamptz, window_to timestamptz,
     lookback interval, max_kw double precision, interval_kwh boolean,
     outer_from timestamptz, outer_to timestamptz
@@ -466,10 +615,8 @@ pieces AS (
 ),
 steps AS (
     SELECT counted, added, skipped, readings,
-           CASE WHEN joined_in THEN NULL  -- the settled rollups' piece joined itself
-                WHEN interval_kwh THEN first_kwh
-                WHEN first_kwh >= lag(last_kwh) OVER w THEN first_kwh - lag(last_kwh) OVER w
-                WHEN lag(last_kwh) OVER w IS NOT NULL THEN first_kwh  -- a counter reset
+           CASE WHEN NOT joined_in  -- the settled rollups' piece joined itself
+                THEN energy_increment(first_kwh, lag(last_kwh) OVER w, interval_kwh)
            END AS joined,
            CASE WHEN NOT joined_in
                 THEN EXTRACT(epoch FROM first_at - lag(last_at) OVER w)::float8
@@ -480,9 +627,9 @@ steps AS (
 SELECT coalesce(sum(readings), 0)::bigint,
        coalesce(sum(added), 0)
            + coalesce(sum(joined) FILTER (WHERE seconds IS NULL
-                                             OR joined * 3600 <= max_kw * seconds), 0),
+                                             OR energy_plausible(joined, seconds, max_kw)), 0),
        (coalesce(sum(skipped), 0)
-           + count(*) FILTER (WHERE joined * 3600 > max_kw * seconds))::bigint
+           + count(*) FILTER (WHERE NOT energy_plausible(joined, seconds, max_kw)))::bigint
 FROM steps
 WHERE counted
 $$;

@@ -1,1 +1,0 @@
-"""`energy-engine bench`: the reproducible benchmark behind benchmarks/RESULTS.md."""
