@@ -41,7 +41,8 @@ from energy_engine import db, sql
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.settings import Settings
-from energy_engine.simulate import send
+from energy_engine.simulate import files, send
+from energy_engine.simulate.stats import Stats
 
 queries = sql.load("benchmarks")
 
@@ -439,10 +440,10 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
 
 async def post_assignments(base: str, sim: Path) -> None:
     """POST the simulator's assignments (written beside `sim`) to the engine at `base`."""
-    stats = send.Stats()
+    stats = Stats()
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         await send.post_assignments(
-            client, send.read_assignments(send.assignments_path(sim)), stats
+            client, files.read_assignments(files.assignments_path(sim)), stats
         )
     if stats.assignment_errors:
         raise RuntimeError(f"assignments failed: {stats.first_error}")

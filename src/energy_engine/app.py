@@ -7,29 +7,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import orjson
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic import TypeAdapter
 
 from energy_engine import __version__, db
-from energy_engine.analytics.endpoint import AnalyticsMiddleware
-from energy_engine.analytics.routes import router as analytics_router
 from energy_engine.asgi import BodyLimit
-from energy_engine.assignments.routes import router as assignments_router
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
-from energy_engine.ingest import routes as ingest
-from energy_engine.ingest.endpoint import IngestMiddleware
-from energy_engine.ingest.models import AnyReading
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.rollups import store as rollups
+from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi
 from energy_engine.settings import Settings
-from energy_engine.status.routes import router as status_router
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +103,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    routers = [assignments_router, status_router, analytics_router]
-    app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=routers)
+    app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=ROUTERS)
     install_outage_handlers(app)
-    app.add_middleware(IngestMiddleware, settings=settings)
-    app.add_middleware(AnalyticsMiddleware, settings=settings)
-    for router in routers:
+    # Added last, so it runs first: a lean route reaches neither BodyLimit nor FastAPI's router.
+    app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
+    for router in ROUTERS:
         app.include_router(router)
 
     @app.get("/health/live", tags=["operations"])
@@ -145,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, f"{pending} migrations pending")
         return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi(app, LEAN_ROUTES)  # type: ignore[method-assign]
     return app
 
 
@@ -158,22 +148,3 @@ def _status(code: int, status: str, **more: object) -> Response:
     return Response(
         orjson.dumps({"status": status, **more}), status_code=code, media_type="application/json"
     )
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document plus the reading schemas the raw-body ingest routes refer to."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-    schema = TypeAdapter(AnyReading).json_schema(ref_template=ingest.SCHEMA_REF)
-    components = doc.setdefault("components", {}).setdefault("schemas", {})
-    components.update(schema.pop("$defs"))
-    schema.pop("discriminator", None)  # the tag is computed from the fields, not a property
-    components["AnyReading"] = schema
-    ingest_schemas = ingest.openapi_schemas()
-    for nested in ingest_schemas.values():
-        components.update(nested.pop("$defs", {}))
-    components.update(ingest_schemas)
-    doc["paths"] = {**ingest.openapi_paths(), **doc["paths"]}
-    app.openapi_schema = doc
-    return doc

@@ -1,5 +1,6 @@
 """The plain-ASGI plumbing of the lean handlers (ingest and the per-vehicle report), which
-answer their hot paths in front of FastAPI; see `ingest.endpoint` for why."""
+answer their hot paths in front of FastAPI (see `routing`), and of the body limit of the
+routes FastAPI serves."""
 
 from __future__ import annotations
 

@@ -242,15 +242,15 @@ def simulate(
     """
     from pathlib import Path
 
-    from energy_engine.simulate import send
     from energy_engine.simulate.fleet import FleetConfig
+    from energy_engine.simulate.run import run as run_simulation
 
     if rate is not None and speedup is not None:
         raise typer.BadParameter("give --rate or --speedup, not both")
     if out is not None and (backfill is None or rate is not None or speedup is not None):
         raise typer.BadParameter("--out writes a --backfill; it takes no --rate or --speedup")
     config = FleetConfig(meters=meters, vehicles=vehicles, seed=seed, faulty_share=faulty_share)
-    stats = send.run(
+    stats = run_simulation(
         config,
         url=url,
         rate=rate,

@@ -12,8 +12,8 @@ from energy_engine.errors import ApiError, ErrorItem, not_found
 from energy_engine.settings import Settings
 
 
-# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a hop that cost
-# more than the dependency itself on the analytics path (py-spy: run_in_threadpool).
+# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a hop that costs
+# more than the dependency itself.
 async def get_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings

@@ -84,6 +84,23 @@ def invalid_request(field: str, reason: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, [ErrorItem(field=field, reason=reason)])
 
 
+def invalid(items: list[ErrorItem]) -> ApiError:
+    """422 for a request's parameters or body, each problem by field."""
+    message = (
+        f"{items[0].field}: {items[0].reason}"
+        if len(items) == 1 and items[0].field
+        else "the request is invalid"
+    )
+    return ApiError(422, "invalid_request", message, items)
+
+
+def not_allowed(method: str, allowed: str) -> ApiError:
+    """405 for a method the path does not take; `allowed` is the Allow header."""
+    return ApiError(
+        405, "method_not_allowed", f"{method} is not allowed here", headers={"Allow": allowed}
+    )
+
+
 def error_json(error: ApiError) -> bytes:
     """The error's JSON body, as every error answer carries it (FastAPI's handlers below and
     the lean handlers in front of FastAPI)."""
@@ -141,12 +158,7 @@ def install_error_handlers(app: FastAPI) -> None:
             ErrorItem(field=_field_of(tuple(d["loc"])), reason=reason_of(d))  # type: ignore[arg-type]
             for d in details
         ]
-        message = (
-            f"{items[0].field}: {items[0].reason}"
-            if len(items) == 1 and items[0].field
-            else "the request is invalid"
-        )
-        return _render(ApiError(422, "invalid_request", message, items))
+        return _render(invalid(items))
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         # A bug, not the client's fault: the client still gets the one error shape (the

@@ -22,14 +22,10 @@ from typer.testing import CliRunner
 
 from energy_engine.cli import cli
 from energy_engine.settings import Settings
+from energy_engine.simulate.files import assignments_path, read_assignments
 from energy_engine.simulate.fleet import Fleet, FleetConfig, floor_minute
-from energy_engine.simulate.send import (
-    Stats,
-    assignments_path,
-    post_assignments,
-    read_assignments,
-    simulate,
-)
+from energy_engine.simulate.send import post_assignments, simulate
+from energy_engine.simulate.stats import Stats
 from tests.reference import stored_body
 
 # Six vehicles, each on its own bay (no roaming), plugging in at every short stop; two of the

@@ -1,13 +1,12 @@
-"""The ingest routes as a lean ASGI handler in front of FastAPI.
+"""POST /v1/ingest, /v1/ingest/meter and /v1/ingest/vehicle, answered in front of FastAPI
+(see `routing`).
 
-POST /v1/ingest, /v1/ingest/meter and /v1/ingest/vehicle take one reading per device per
-minute from the whole fleet, so their per-request cost decides the single-reading throughput.
-Through FastAPI (Request object, dependency resolution, response model, exception middleware)
-a request cost more than validating it and committing it with group commit; py-spy and
-benchmarks/RESULTS.md have the numbers. This middleware answers the three paths itself:
-bytes in, the same Pydantic `TypeAdapter` validation, the group-commit writer, orjson bytes
-out. Every other path goes on to FastAPI, and the OpenAPI document still describes these
-three (`ingest.routes.openapi_paths`).
+They take one reading per device per minute from the whole fleet, so their per-request cost
+decides the single-reading throughput, and FastAPI's request path (Request object, dependency
+resolution, response model, exception middleware) cost more than validating a reading and
+committing it with group commit. This handler takes bytes in, validates them with the same
+Pydantic `TypeAdapter`s, hands the readings to the group-commit writer and answers orjson
+bytes; `ingest.routes` declares the routes for the OpenAPI document.
 
 Bodies: JSON (one object or an array) or NDJSON (`application/x-ndjson`, validated line by
 line as it streams in), optionally gzip-compressed (`Content-Encoding: gzip`, inflated
@@ -22,18 +21,13 @@ from typing import Any
 
 import orjson
 
-from energy_engine.asgi import ASGIApp, Receive, Scope, Send, answer
+from energy_engine.asgi import Receive, Scope, Send, answer
 from energy_engine.errors import ApiError, error_json, unavailable
-from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
+from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.ingest.writer import GroupWriter, Overloaded
 from energy_engine.settings import Settings
 
-PATHS = {
-    "/v1/ingest": AnyReading,
-    "/v1/ingest/meter": MeterReading,
-    "/v1/ingest/vehicle": VehicleReading,
-}
 JSON_TYPE = "application/json"  # also assumed when a request names no Content-Type
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -42,28 +36,19 @@ class _Disconnected(Exception):
     """The client went away before its body arrived; nothing to answer."""
 
 
-class IngestMiddleware:
-    """Answers the ingest paths; hands every other request to the wrapped app."""
+class IngestHandler:
+    """Answers POST of readings of one `kind` (a reading model or the union of both)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, kind: Any, settings: Settings) -> None:
         self.settings = settings
-        self.parsers = {
-            path: ReadingParser.for_type(kind, settings) for path, kind in PATHS.items()
-        }
+        self.parser = ReadingParser.for_type(kind, settings)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        parser = self.parsers.get(scope["path"]) if scope["type"] == "http" else None
-        if parser is None:
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] != "POST":
-            wrong = ApiError(405, "method_not_allowed", "use POST", headers={"Allow": "POST"})
-            await answer(send, wrong.status, error_json(wrong), wrong.headers)
-            return
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, _: str) -> None:
         writer: GroupWriter = scope["app"].state.writer
         try:
-            readings = await _read_readings(parser, scope, receive, self.settings.max_body_bytes)
+            readings = await _read_readings(
+                self.parser, scope, receive, self.settings.max_body_bytes
+            )
             meters = [r for r in readings if isinstance(r, MeterReading)]
             vehicles = [r for r in readings if isinstance(r, VehicleReading)]
             result = await writer.submit(meters, vehicles)

@@ -1,72 +1,28 @@
-"""Drive a simulated fleet: post its readings and assignments over HTTP, or write them to files.
+"""Post a simulated fleet's readings and assignments over HTTP as it steps.
 
 Readings go to POST /v1/ingest as mixed batches from a few concurrent requests; a 503 is
 retried after its Retry-After. Assignments go to POST /v1/assignments one at a time, in the
 order the vehicles plugged in, so none starts before a boundary already recorded.
-
-`write_files` writes the readings as NDJSON (gzip when the name ends in .gz), one API object a
-line, and the plug-ins to `assignments_path(file)`, one POST /v1/assignments body a line;
-`read_assignments` and `post_assignments` send those once the readings are imported.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gzip
-import io
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import partial
-from pathlib import Path
-from typing import Any
+from datetime import UTC, datetime
 
 import httpx
 import orjson
-from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
-from energy_engine.simulate.fleet import MINUTE, Fleet, FleetConfig, Plug, Reading, floor_minute
+from energy_engine.simulate.fleet import MINUTE, Fleet, Plug, Reading
+from energy_engine.simulate.stats import Observer, Stats
 
 JSON = {"content-type": "application/json"}
 OVERLOAD_ATTEMPTS = 60  # a 503 asks for 1 s: a minute of overload is worth waiting out
 TRANSPORT_ATTEMPTS = 5
-# The API refuses readings older than 30 days; keep the oldest minute clear of that edge.
-MAX_BACKFILL = timedelta(days=30) - timedelta(minutes=10)
-DEFAULT_REPLAY_DAYS = 1.0  # the history --rate and --speedup replay without --backfill
-GZIP_LEVEL = 3  # 7 times smaller than the NDJSON, at half the cost of the default level
-
-Observer = Callable[["Stats"], None]
-
-
-@dataclass(slots=True)
-class Stats:
-    """What a run produced and what the API answered."""
-
-    readings: int = 0  # generated: sent, or written to the file
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0  # in batches the API refused, or given up on
-    assignments: int = 0  # created (or written to the side file)
-    assignments_unchanged: int = 0
-    assignment_conflicts: int = 0  # 409: the database already holds later boundaries
-    assignment_errors: int = 0
-    first_error: str | None = None
-
-    @property
-    def answered(self) -> int:
-        """Readings the API has answered for."""
-        return self.accepted + self.duplicates + self.rejected
-
-    def fail(self, message: str) -> None:
-        """Keep the first failure to show at the end."""
-        self.first_error = self.first_error or message
 
 
 class GaveUp(Exception):
@@ -239,203 +195,3 @@ async def _produce(
             await flush(everything=False)
         await asyncio.sleep(0)  # let the senders run even when no queue is full
     await flush(everything=True)
-
-
-def assignments_path(path: Path) -> Path:
-    """Where the plug-ins of readings file `path` go: sim.ndjson[.gz] -> sim.assignments.ndjson."""
-    name = path.name.removesuffix(".gz")
-    for suffix in (".ndjson", ".jsonl", ".json"):
-        if name.endswith(suffix):
-            name = name.removesuffix(suffix)
-            break
-    return path.with_name(name + ".assignments.ndjson")
-
-
-@contextlib.contextmanager
-def _open_for_writing(path: Path) -> Iterator[io.BufferedIOBase]:
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb", compresslevel=GZIP_LEVEL) as compressed:
-            yield compressed
-    else:
-        with path.open("wb") as plain:
-            yield plain
-
-
-def write_files(
-    fleet: Fleet,
-    end: datetime,
-    path: Path,
-    *,
-    stats: Stats | None = None,
-    observe: Observer | None = None,
-    stop: threading.Event | None = None,
-) -> Stats:
-    """Step `fleet` through `end` (or until `stop` is set), writing readings to `path` and
-    plug-ins beside it."""
-    stats = stats if stats is not None else Stats()
-    line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
-    with _open_for_writing(path) as out, assignments_path(path).open("wb") as side:
-        while fleet.now <= end and not (stop and stop.is_set()):
-            minute = fleet.step()
-            out.write(b"".join([line(reading) for reading in minute.readings]))
-            side.write(b"".join([line(plug) for plug in minute.plugs]))
-            stats.readings += len(minute.readings)
-            stats.assignments += len(minute.plugs)
-            if observe:
-                observe(stats)
-    return stats
-
-
-def read_assignments(path: Path) -> list[Plug]:
-    """The assignment bodies of a side file written by `write_files`, in plug-in order."""
-    with path.open("rb") as lines:
-        return [orjson.loads(line) for line in lines if line.strip()]
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:,.0f}/s", style="progress.data.speed")
-
-
-@contextlib.contextmanager
-def _progress(console: Console, total: int | None, sending: bool) -> Iterator[Observer]:
-    """A progress display; the observer it yields updates it from the running totals."""
-    fields = (
-        "ok {task.fields[accepted]:,} dup {task.fields[duplicates]:,} "
-        "rejected {task.fields[rejected]:,} plug-ins {task.fields[assignments]:,}"
-        if sending
-        else "plug-ins {task.fields[assignments]:,}"
-    )
-    columns: list[ProgressColumn] = [TextColumn("[progress.description]{task.description}")]
-    if total is not None:
-        columns.append(BarColumn(bar_width=20))
-    columns += [
-        TextColumn("{task.completed:,.0f}"),
-        _Rate(),
-        TextColumn(fields),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task(
-            "sending" if sending else "writing",
-            total=total,
-            accepted=0,
-            duplicates=0,
-            rejected=0,
-            assignments=0,
-        )
-
-        def observe(stats: Stats) -> None:
-            progress.update(
-                task,
-                completed=stats.answered if sending else stats.readings,
-                accepted=stats.accepted,
-                duplicates=stats.duplicates,
-                rejected=stats.rejected,
-                assignments=stats.assignments,
-            )
-
-        yield observe
-
-
-async def _ready(client: httpx.AsyncClient) -> None:
-    try:
-        response = await client.get("/health/ready")
-    except httpx.TransportError as exc:
-        raise GaveUp(f"cannot reach {client.base_url}: {exc!r}") from None
-    if response.status_code != 200:
-        raise GaveUp(f"{client.base_url} is not ready: {response.status_code} {response.text}")
-
-
-async def _send(url: str, fleet: Fleet, concurrency: int, **options: Any) -> None:
-    """Send until done, Ctrl-C or SIGTERM (both stop the run as asyncio stops it on Ctrl-C:
-    by cancelling it; the totals so far still get printed)."""
-    task = asyncio.current_task()
-    assert task is not None
-    terminated = False
-
-    def terminate() -> None:
-        nonlocal terminated
-        terminated = True
-        task.cancel()
-
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
-    timeout = httpx.Timeout(60.0, connect=5.0)  # a 10,000-reading batch under load takes a while
-    limits = httpx.Limits(max_connections=concurrency + 1)
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-            await _ready(client)
-            await simulate(client, fleet, concurrency=concurrency, **options)
-    except asyncio.CancelledError:
-        if not terminated:
-            raise
-
-
-def run(
-    config: FleetConfig,
-    *,
-    url: str,
-    rate: float | None = None,
-    speedup: float | None = None,
-    backfill_days: float | None = None,
-    batch_size: int = 1000,
-    concurrency: int = 4,
-    out: Path | None = None,
-    console: Console | None = None,
-) -> Stats:
-    """The `energy-engine simulate` command: send (or write) the fleet, show progress, sum up."""
-    console = console or Console(stderr=True)
-    paced = rate is not None or speedup is not None
-    if backfill_days is None:
-        # Simulated time never runs past the wall clock, so a faster pace needs history.
-        backfill_days = DEFAULT_REPLAY_DAYS if paced else 0.0
-        flat_out = False
-    else:
-        flat_out = not paced  # a backfill alone runs as fast as it can and stops at now
-    now = floor_minute(datetime.now(UTC))
-    history = min(timedelta(days=backfill_days), MAX_BACKFILL) // MINUTE * MINUTE
-    fleet = Fleet(config, now - history)
-    if rate is not None:
-        speedup = rate * 60 / max(1, fleet.devices)
-    end = now if flat_out else None
-    total = fleet.devices * (history // MINUTE + 1) if end else None
-    stats = Stats()
-    started = time.monotonic()
-    with _progress(console, total, sending=out is None) as observe:
-        if out is not None:
-            stop = threading.Event()  # SIGTERM: end the files after the current minute
-            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                write_files(fleet, now, out, stats=stats, observe=observe, stop=stop)
-            finally:
-                signal.signal(signal.SIGTERM, previous)
-        else:
-            options = {"end": end, "speedup": speedup, "batch_size": batch_size}
-            try:
-                asyncio.run(_send(url, fleet, concurrency, stats=stats, observe=observe, **options))
-            except KeyboardInterrupt:
-                pass  # live runs end with Ctrl-C; the totals still get printed
-            except GaveUp as exc:
-                stats.fail(str(exc))
-    _summarise(console, stats, time.monotonic() - started, out)
-    return stats
-
-
-def _summarise(console: Console, stats: Stats, seconds: float, out: Path | None) -> None:
-    rate = stats.readings / seconds if seconds else 0.0
-    console.print(f"{stats.readings:,} readings in {seconds:,.1f} s ({rate:,.0f} readings/s)")
-    if out is not None:
-        console.print(f"readings: {out}")
-        console.print(f"assignments ({stats.assignments:,}): {assignments_path(out)}")
-    else:
-        console.print(
-            f"readings: accepted {stats.accepted:,}, duplicates {stats.duplicates:,}, "
-            f"rejected {stats.rejected:,}"
-        )
-        console.print(
-            f"assignments: created {stats.assignments:,}, "
-            f"unchanged {stats.assignments_unchanged:,}, "
-            f"conflicting {stats.assignment_conflicts:,}, failed {stats.assignment_errors:,}"
-        )
-    if stats.first_error:
-        console.print(Text("first error: ", style="red") + Text(stats.first_error))
