@@ -2,9 +2,10 @@
 
 PostgreSQL is the embedded one (pgserver) unless TEST_DATABASE_URL names another server.
 Every test that touches the database gets its own database cloned from the template, so tests
-never see each other's rows. A clone costs PostgreSQL 0.1-0.3 s and dropping it 0.05-0.2 s
-(the template holds some 600 relations: every day's history partitions); both happen in a
-background thread (`DatabaseStock`) while the tests run, so a test waits for neither.
+never see each other's rows. A clone costs PostgreSQL 0.15-0.2 s of CPU (0.3-0.6 s on a busy
+machine; the template holds some 600 relations, a partition per history table and day with its
+indexes) and a drop about 0.02 s; both happen in a background thread (`DatabaseStock`) while
+the tests run, so a test waits for neither.
 """
 
 from __future__ import annotations
