@@ -105,10 +105,11 @@ async def test_not_ready_while_the_database_is_unreachable_and_ready_again_after
 async def test_not_ready_when_the_database_answers_with_an_error(
     client: httpx.AsyncClient, conn: asyncpg.Connection
 ) -> None:
-    # Not an outage but a database the engine cannot use: not ready, and the error says why.
-    await conn.execute("ALTER TABLE schema_migrations RENAME COLUMN version TO renamed")
+    # Not an outage but a database the engine cannot use (a table readiness reads is gone):
+    # not ready, and the error says why.
+    await conn.execute("ALTER TABLE rollup_quarantine RENAME TO moved_away")
     ready = await client.get("/health/ready")
     assert ready.status_code == 503
     assert ready.json() == {
-        "status": 'database error: UndefinedColumnError: column "version" does not exist'
+        "status": 'database error: UndefinedTableError: relation "rollup_quarantine" does not exist'
     }
