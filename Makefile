@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install serve test lint typecheck unit bench plans clean
+# What `make test` leaves out: end-to-end checks that take minutes (`make test-all` runs them).
+FAST := not slow and not bench
+
+.PHONY: install serve format lint typecheck test test-all unit bench plans clean
 
 $(BIN)/energy-engine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +20,36 @@ install: $(BIN)/energy-engine
 serve: install
 	$(BIN)/energy-engine serve $(ARGS)
 
-## Lint, type-check and run the whole test suite.
-test: install lint typecheck
-	$(BIN)/pytest $(ARGS)
+## Rewrite the code in the house style and fix what ruff can fix.
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
-lint: install
+## Check style and types without changing anything (ruff, mypy --strict on src and tests).
+lint: install typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: install
 	$(BIN)/mypy
 	$(BIN)/mypy tests
+
+## What CI runs: lint, then every test but the slow end-to-end ones, with coverage (floor 90 %).
+test: lint
+	$(call covered,$(FAST))
+
+## Lint and every test, the slow end-to-end and benchmark checks too, with coverage.
+test-all: lint
+	$(call covered,)
+
+# pytest under coverage (serve, simulate and other subprocesses included, see pyproject.toml),
+# then the report; $(1) is a marker expression, empty for every test.
+define covered
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest $(if $(1),-m "$(1)") $(ARGS)
+	$(BIN)/coverage combine --quiet
+	$(BIN)/coverage report
+endef
 
 ## Run every benchmark scenario on this machine and rewrite benchmarks/RESULTS.md (~15 min).
 ## Needs wrk on PATH (apt-get install wrk); ARGS=--quick checks the run in about two minutes.
@@ -47,4 +69,4 @@ unit: install
 	$(BIN)/pytest tests/unit $(ARGS)
 
 clean:
-	rm -rf $(VENV) .energy-engine .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .energy-engine .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

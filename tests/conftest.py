@@ -1,8 +1,10 @@
 """Shared fixtures: a real PostgreSQL, a migrated template database, one fresh database a test.
 
 PostgreSQL is the embedded one (pgserver) unless TEST_DATABASE_URL names another server.
-Every test that touches the database gets its own database cloned from the template, which
-takes about 20 ms, so tests never see each other's rows.
+Every test that touches the database gets its own database cloned from the template, so tests
+never see each other's rows. A clone costs PostgreSQL 0.15-0.2 s of CPU (0.3-0.6 s of wall
+time on a busy machine; the template holds some 600 relations, a partition per history table
+and day with its indexes; an empty database clones in 0.04 s) and a drop about 0.02 s.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from fastapi import FastAPI
 from energy_engine import db
 from energy_engine.app import create_app
 from energy_engine.settings import Settings
+from tests import readings
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # keeps platformdirs (pgserver) quiet
 
@@ -120,7 +122,8 @@ def make_settings(database_url: str, tmp_path: Path) -> MakeSettings:
     """Settings for the test database, with any field overridden."""
 
     def make(**overrides: Any) -> Settings:
-        return Settings(_env_file=None, database_url=database_url, data_dir=tmp_path, **overrides)
+        fields = {"database_url": database_url, "data_dir": tmp_path, **overrides}
+        return Settings(_env_file=None, **fields)
 
     return make
 
@@ -165,16 +168,8 @@ def client_with(make_settings: MakeSettings) -> ClientWith:
     return open_client
 
 
-@pytest.fixture
-def minute_margin() -> float:
-    """Seconds a test needs before the wall-clock minute turns (override per module)."""
-    return 2.0
-
-
 @pytest.fixture(autouse=True)
-def _clear_of_minute_boundary(minute_margin: float) -> None:
-    # Tests build readings at whole minutes before "now" and compare them with what the
-    # engine reports; starting right before the minute turns would make them flaky.
-    remaining = 60 - (time.time() % 60)
-    if remaining < minute_margin:
-        time.sleep(remaining + 0.05)
+def _one_minute() -> Iterator[None]:
+    """`minute_ago` gives the same minute throughout the test, whenever the clock turns."""
+    with readings.one_minute():
+        yield

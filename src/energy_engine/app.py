@@ -24,13 +24,11 @@ from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAINTENANCE_EVERY_S = 3600.0
-
 
 async def _maintain_partitions(pool: db.Pool, settings: Settings) -> None:
     """Keep the next days' partitions in place so ingest never takes the on-demand path."""
     while True:
-        await asyncio.sleep(MAINTENANCE_EVERY_S)
+        await asyncio.sleep(settings.partition_upkeep_every.total_seconds())
         try:
             async with pool.acquire() as conn:
                 await db.ensure_partitions_ahead(conn, settings)

@@ -73,8 +73,10 @@ class Settings(BaseSettings):
     rollup_grace: timedelta = timedelta(minutes=2)
     rollup_refresh_every: timedelta = timedelta(seconds=30)
 
-    # Partitions are created this many days ahead by start-up and by the maintenance task.
+    # Partitions are created this many days ahead by start-up and by the maintenance task,
+    # which runs this often.
     partition_days_ahead: PositiveInt = 3
+    partition_upkeep_every: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
 
     # Database bounds (hardening): no request waits on PostgreSQL without a limit.
     # Each statement of the request pool (reads, assignments) is cancelled by PostgreSQL after

@@ -20,7 +20,7 @@ from schemathesis.config import SchemathesisConfig
 from tests.conftest import cloned_database
 from tests.e2e.test_serve import serve
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CONFIG = SchemathesisConfig.from_dict(
     {

@@ -16,7 +16,7 @@ from tests.conftest import cloned_database
 from tests.e2e.test_serve import serve
 from tests.readings import minute_ago, vehicle
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CHUNK = b" " * 65536
 CLAIMED = 512 * 1024 * 1024  # what each hostile client says it will send

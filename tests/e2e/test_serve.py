@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,11 +18,18 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from benchmarks.harness import free_port
 from energy_engine.cli import cli
 from tests.readings import meter, minute_ago, vehicle
 
 pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @contextmanager
@@ -60,7 +68,7 @@ def serve(
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "serve did not become ready in 60 s"
-            time.sleep(0.2)
+            time.sleep(0.05)
         yield base, process
     finally:
         if process.poll() is None:
@@ -144,6 +152,7 @@ async def _stored_pairs(database_url: str) -> set[tuple[str, str]]:
     return {(row["id"], row["read_at"].isoformat().replace("+00:00", "Z")) for row in rows}
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_commits_every_acknowledged_reading_and_exits_0(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -215,9 +224,3 @@ def test_migrate_command(postgres_url: str, database_url: str) -> None:
     result = CliRunner().invoke(cli, ["migrate"], env={"DATABASE_URL": database_url})
     assert result.exit_code == 0, result.output
     assert "none pending" in result.output
-
-
-@pytest.fixture
-def minute_margin() -> float:
-    """These tests start a server, so they need longer before the minute turns."""
-    return 20.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,13 +29,35 @@ BODY_TIMEOUT_S = 1.0
 GIVE_UP_S = 5.0  # a connection still open after this counts as held by the server
 
 
-async def _held_open(base: str, head: bytes, trickle: bytes) -> tuple[float, bytes]:
-    """Open a connection, send `head`, then one byte of `trickle` (repeated) every 0.1 s; the
-    seconds until the server closes the connection (GIVE_UP_S when it has not by then) and
-    what it answered."""
+async def _until(check: Callable[[], bool], what: str, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
+        await asyncio.sleep(0.01)
+
+
+async def _answer_until(base: str, status: int, within_s: float = 10) -> httpx.Response:
+    """GET /health/live, each time on a new connection, until it is answered `status`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            response = await http.get("/health/live")
+        if response.status_code == status:
+            return response
+        assert time.monotonic() < deadline, f"never answered {status} within {within_s} s"
+        await asyncio.sleep(0.02)
+
+
+async def _held_open(
+    base: str, head: bytes, trickle: bytes, connected: list[None]
+) -> tuple[float, bytes]:
+    """Open a connection (appending to `connected` once it is), send `head`, then one byte of
+    `trickle` (repeated) every 0.1 s; the seconds until the server closes the connection
+    (GIVE_UP_S when it has not by then) and what it answered."""
     address = urlsplit(base)
     opened = time.monotonic()  # before connecting: the server's clock starts after this
     reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    connected.append(None)
     try:
         writer.write(head)
         for byte in trickle * 100:
@@ -53,6 +76,7 @@ async def _held_open(base: str, head: bytes, trickle: bytes) -> tuple[float, byt
         writer.close()
 
 
+@pytest.mark.slow
 def test_slow_clients_are_cut_off_while_others_are_served(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -68,17 +92,18 @@ def test_slow_clients_are_cut_off_while_others_are_served(
     with serve(env, tmp_path) as (base, _):
 
         async def run() -> tuple[list[float], list[tuple[float, bytes]], list[tuple[float, bytes]]]:
+            connected: list[None] = []
+            head = b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\n"
             slow_heads = [
-                _held_open(base, b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\n", b"X-Slow: 1\r\n")
-                for _ in range(SLOW_CLIENTS)
+                _held_open(base, head, b"X-Slow: 1\r\n", connected) for _ in range(SLOW_CLIENTS)
             ]
             body_head = (
                 b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 100000\r\n\r\n["
             )
-            slow_bodies = [_held_open(base, body_head, b" ") for _ in range(10)]
+            slow_bodies = [_held_open(base, body_head, b" ", connected) for _ in range(10)]
             slow = asyncio.gather(*slow_heads, *slow_bodies)
-            await asyncio.sleep(0.3)  # every slow connection is open
+            await _until(lambda: len(connected) == SLOW_CLIENTS + 10, "every slow client is in")
             latencies = []
             newest = minute_ago(1)
             async with httpx.AsyncClient(base_url=base, timeout=10) as http:
@@ -112,8 +137,9 @@ class _Outcomes:
     resets: list[str] = field(default_factory=list)
 
 
-async def _load(base: str, process_signal: asyncio.Event, clients: int) -> _Outcomes:
-    outcomes = _Outcomes()
+async def _load(
+    base: str, process_signal: asyncio.Event, clients: int, outcomes: _Outcomes
+) -> _Outcomes:
     newest = minute_ago(1)  # fixed, so that the minute turning makes no duplicates
 
     async def client(number: int) -> None:
@@ -153,6 +179,7 @@ async def _stored(database_url: str) -> list[tuple[str, str]]:
     return [(r["meter_id"], r["read_at"].isoformat().replace("+00:00", "Z")) for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_under_load_answers_every_accepted_request(
     database_url: str, tmp_path: Path, workers: int
@@ -176,8 +203,10 @@ def test_sigterm_under_load_answers_every_accepted_request(
 
         async def run() -> _Outcomes:
             signalled = asyncio.Event()
-            load = asyncio.ensure_future(_load(base, signalled, clients=16))
-            await asyncio.sleep(1.5)
+            outcomes = _Outcomes()
+            load = asyncio.ensure_future(_load(base, signalled, 16, outcomes))
+            # Under way: every client has been answered a few times.
+            await _until(lambda: outcomes.answered >= 16 * 5, "the load is under way")
             signalled.set()
             process.send_signal(signal.SIGTERM)
             return await load
@@ -202,15 +231,12 @@ def test_past_the_connection_limit_requests_get_the_json_503(
 
         async def crowd() -> tuple[httpx.Response, httpx.Response]:
             idle = [await asyncio.open_connection(address.hostname, address.port) for _ in range(4)]
-            await asyncio.sleep(0.2)  # accepted by the server
-            async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-                refused = await http.get("/health/live")
+            # Once the server has accepted the four idle connections, a fifth gets the 503.
+            refused = await _answer_until(base, 503)
             for _, writer in idle:
                 writer.close()
                 await writer.wait_closed()
-            await asyncio.sleep(0.2)
-            async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-                served = await http.get("/health/live")
+            served = await _answer_until(base, 200)  # once the server has seen them close
             return refused, served
 
         refused, served = asyncio.run(crowd())

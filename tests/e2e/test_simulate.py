@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.test_serve import serve
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_sigterm_stops_a_live_simulation_with_its_summary(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
 from fastapi import FastAPI
 
-from tests.conftest import ClientWith
+from energy_engine.app import create_app
+from energy_engine.ingest.writer import GroupWriter
+from tests.conftest import MakeSettings
 from tests.readings import meter, minute_ago, vehicle
 
 
@@ -59,9 +63,14 @@ async def test_requests_racing_for_the_same_reading_store_it_once(
 
 
 async def test_full_queue_answers_503_and_loses_nothing_it_accepted(
-    client_with: ClientWith, conn: asyncpg.Connection
+    make_settings: MakeSettings, conn: asyncpg.Connection
 ) -> None:
-    async with client_with(max_queued_readings=4, writer_connections=1) as client:
+    app = create_app(make_settings(max_queued_readings=4, writer_connections=1))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as client,
+    ):
+        writer: GroupWriter = app.state.writer
         # Hold the hot-store table so the writer's first flush blocks and the queue fills.
         transaction = conn.transaction()
         await transaction.start()
@@ -69,14 +78,27 @@ async def test_full_queue_answers_503_and_loses_nothing_it_accepted(
         first = asyncio.create_task(
             client.post("/v1/ingest/meter", json=meter("M-0", minute_ago(1), 1.0))
         )
-        await asyncio.sleep(0.3)  # the writer has taken it and waits on the lock
+
+        async def writer_waits_on_the_lock() -> bool:
+            waiting: int = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks"
+                " WHERE relation = 'meter_state'::regclass AND NOT granted"
+            )
+            return waiting == 1
+
+        await _until(writer_waits_on_the_lock)
+        assert writer.queued == 0  # the writer took the first request
         queued = [
             asyncio.create_task(
                 client.post("/v1/ingest/meter", json=[meter(f"M-{i}", minute_ago(1), 1.0)] * 2)
             )
             for i in (1, 2)
         ]
-        await asyncio.sleep(0.3)
+
+        async def queue_full() -> bool:
+            return writer.queued == 4
+
+        await _until(queue_full)
         refused = await client.post("/v1/ingest/meter", json=meter("M-3", minute_ago(1), 1.0))
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
@@ -87,3 +109,11 @@ async def test_full_queue_answers_503_and_loses_nothing_it_accepted(
         assert [a.json()["accepted"] for a in answers] == [1, 1, 1]
     assert await conn.fetchval("SELECT count(*) FROM meter_readings") == 3
     assert await conn.fetchval("SELECT count(*) FROM meter_readings WHERE meter_id = 'M-3'") == 0
+
+
+async def _until(check: Callable[[], Awaitable[bool]], within_s: float = 10) -> None:
+    """Wait until `check()` holds; fail after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, f"{check.__name__} not within {within_s} s"
+        await asyncio.sleep(0.01)

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,6 +84,13 @@ async def engine(private_postgres: PrivatePostgres, tmp_path: Path) -> AsyncIter
         yield application
 
 
+async def _until(check: Callable[[], bool], what: str, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
+        await asyncio.sleep(0.01)
+
+
 def _is_outage_answer(response: httpx.Response) -> bool:
     body = response.json()
     return (
@@ -152,12 +159,13 @@ async def test_an_outage_answers_503_and_the_engine_recovers(
 
     load = [asyncio.create_task(ingest(worker)) for worker in range(8)]
     try:
-        await asyncio.sleep(1.0)
+        workers = {f"V-{worker}" for worker in range(8)}
+        await _until(lambda: {device for device, _ in acknowledged} == workers, "load running")
         assert all(r.status_code in (200, 201) for r in await every_route())
 
         phase = "during"
         await asyncio.to_thread(private_postgres.stop)
-        await asyncio.sleep(1.0)
+        await _until(lambda: 503 in statuses["during"], "the load meets the outage")
         for response in await every_route():
             assert _is_outage_answer(response), (response.request.url, response.text)
             assert response.json()["error"] == "database_unavailable"
@@ -172,7 +180,7 @@ async def test_an_outage_answers_503_and_the_engine_recovers(
             assert time.monotonic() < deadline, "the engine did not recover"
             await asyncio.sleep(0.2)
         phase = "after"
-        await asyncio.sleep(1.0)
+        await _until(lambda: statuses["after"].count(200) >= 8, "the load is served again")
         assert all(r.status_code in (200, 201) for r in await every_route())
     finally:
         stop_load.set()
