@@ -5,10 +5,11 @@
 -- Folds readings into the hot rows: one row a device, its newest new reading with the one
 -- before it in prev_read_at / prev_kwh_* (NULL when the batch held one reading of the device).
 -- The hot row keeps the newest reading and the one before it: a late reading can become the
--- previous one but never the latest, so the hot store never goes back in time; a reading at
--- the stored time changes nothing. Rows are written in device order, so that concurrent
--- writers lock hot rows in one order and cannot deadlock. The statement has no join: its plan
--- (sort, insert) is the same for 1 row and 10,000, also when plpgsql caches a generic one.
+-- previous one but never the latest, so the hot store never goes back in time. A reading at a
+-- time the hot row holds already changes nothing (the first write wins, as in history). Rows
+-- are written in device order, so that concurrent writers lock hot rows in one order and
+-- cannot deadlock. The statement has no join: its plan (sort, insert) is the same for 1 row
+-- and 10,000, also when plpgsql caches a generic one.
 CREATE FUNCTION merge_meter_state(rows meter_state[]) RETURNS void
 LANGUAGE plpgsql STRICT AS $$
 BEGIN
@@ -24,20 +25,25 @@ BEGIN
                        THEN excluded.voltage ELSE s.voltage END,
         received_at = CASE WHEN excluded.read_at > s.read_at
                            THEN excluded.received_at ELSE s.received_at END,
-        prev_read_at = CASE WHEN excluded.read_at > s.read_at
-                            THEN greatest(s.read_at, excluded.prev_read_at)
-                            ELSE greatest(s.prev_read_at, excluded.read_at) END,
+        prev_read_at = CASE
+            WHEN excluded.read_at > s.read_at THEN greatest(s.read_at, excluded.prev_read_at)
+            WHEN excluded.read_at < s.read_at THEN greatest(s.prev_read_at, excluded.read_at)
+            ELSE greatest(s.prev_read_at, excluded.prev_read_at)
+        END,
         prev_kwh_consumed_ac = CASE
             WHEN excluded.read_at > s.read_at THEN
                 CASE WHEN excluded.prev_read_at > s.read_at
                      THEN excluded.prev_kwh_consumed_ac ELSE s.kwh_consumed_ac END
-            ELSE
-                CASE WHEN s.prev_read_at > excluded.read_at
-                     THEN s.prev_kwh_consumed_ac ELSE excluded.kwh_consumed_ac END
+            WHEN excluded.read_at < s.read_at THEN excluded.kwh_consumed_ac
+            ELSE excluded.prev_kwh_consumed_ac
         END
+    -- Only a newer latest or a newer previous reading changes the row (a tie: first wins);
+    -- the branches above that take the incoming reading unconditionally rely on it.
     WHERE excluded.read_at > s.read_at
-       OR s.prev_read_at IS NULL
-       OR excluded.read_at > s.prev_read_at;
+       OR (excluded.read_at < s.read_at
+           AND excluded.read_at > coalesce(s.prev_read_at, '-infinity'))
+       OR (excluded.read_at = s.read_at
+           AND excluded.prev_read_at > coalesce(s.prev_read_at, '-infinity'));
 END
 $$;
 
@@ -59,20 +65,25 @@ BEGIN
                             THEN excluded.battery_temp ELSE s.battery_temp END,
         received_at = CASE WHEN excluded.read_at > s.read_at
                            THEN excluded.received_at ELSE s.received_at END,
-        prev_read_at = CASE WHEN excluded.read_at > s.read_at
-                            THEN greatest(s.read_at, excluded.prev_read_at)
-                            ELSE greatest(s.prev_read_at, excluded.read_at) END,
+        prev_read_at = CASE
+            WHEN excluded.read_at > s.read_at THEN greatest(s.read_at, excluded.prev_read_at)
+            WHEN excluded.read_at < s.read_at THEN greatest(s.prev_read_at, excluded.read_at)
+            ELSE greatest(s.prev_read_at, excluded.prev_read_at)
+        END,
         prev_kwh_delivered_dc = CASE
             WHEN excluded.read_at > s.read_at THEN
                 CASE WHEN excluded.prev_read_at > s.read_at
                      THEN excluded.prev_kwh_delivered_dc ELSE s.kwh_delivered_dc END
-            ELSE
-                CASE WHEN s.prev_read_at > excluded.read_at
-                     THEN s.prev_kwh_delivered_dc ELSE excluded.kwh_delivered_dc END
+            WHEN excluded.read_at < s.read_at THEN excluded.kwh_delivered_dc
+            ELSE excluded.prev_kwh_delivered_dc
         END
+    -- Only a newer latest or a newer previous reading changes the row (a tie: first wins);
+    -- the branches above that take the incoming reading unconditionally rely on it.
     WHERE excluded.read_at > s.read_at
-       OR s.prev_read_at IS NULL
-       OR excluded.read_at > s.prev_read_at;
+       OR (excluded.read_at < s.read_at
+           AND excluded.read_at > coalesce(s.prev_read_at, '-infinity'))
+       OR (excluded.read_at = s.read_at
+           AND excluded.prev_read_at > coalesce(s.prev_read_at, '-infinity'));
 END
 $$;
 
