@@ -1,4 +1,4 @@
-"""Assignment writes and reads (statements in `queries.sql`). Opening one closes the
+"""Assignment writes and reads, as named SQL beside this module. Opening one closes the
 vehicle's and the meter's open ones."""
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from energy_engine import db, sql
 from energy_engine.assignments import store
 from energy_engine.assignments.models import AssignmentRequest
-from energy_engine.importer.files import InvalidRows, Problem, UnreadableFile, file_format
+from energy_engine.importer.files import UnreadableFile, file_format
+from energy_engine.importer.validation import InvalidRows, Problem
 from energy_engine.settings import Settings
 
 queries = sql.load("energy_engine.importer")

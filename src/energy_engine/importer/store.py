@@ -33,13 +33,12 @@ import asyncpg
 
 from energy_engine import sql
 from energy_engine.db import Connection, ensure_partitions
-from energy_engine.importer.files import (
+from energy_engine.importer.chunks import Batch, Chunk
+from energy_engine.importer.layout import (
     METER_COLUMNS,
     METER_HOUR_COLUMNS,
     VEHICLE_COLUMNS,
     VEHICLE_HOUR_COLUMNS,
-    Batch,
-    Chunk,
     Layout,
 )
 

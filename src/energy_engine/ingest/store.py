@@ -1,8 +1,8 @@
 """Writes readings: history insert, hot-row merge and rollup marks in one statement per stream.
 
-The statements are in `queries.sql`; the hot-row merge and the dirty-hour mark they call are
-SQL functions shared with the importer (migrations/0007_merge_state.sql). A batch of both
-streams is one transaction, so that it is stored whole or not at all.
+The statements are the domain's named SQL (`sql.load`); the hot-row merge and the dirty-hour
+mark they call are SQL functions shared with the importer (migrations/0007_merge_state.sql).
+A batch of both streams is one transaction, so that it is stored whole or not at all.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reads of the hot store (statements in `queries.sql`): a device's hot row, the fleet."""
+"""Reads of the hot store, as named SQL beside this module: a device's hot row, the fleet."""
 
 from __future__ import annotations
 
