@@ -40,6 +40,7 @@ MAX_PROBLEMS = 20
 
 # A number as JSON writes it: what a CSV cell must look like to be read as one.
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# A CSV header's columns: the API's field names of its stream.
 METER_FIELDS = tuple(f.alias or n for n, f in MeterReading.model_fields.items())
 VEHICLE_FIELDS = tuple(f.alias or n for n, f in VehicleReading.model_fields.items())
 _NUMBER_FIELDS = frozenset(
@@ -76,11 +77,10 @@ ReadProgress = Callable[[Path, int, int], None]
 """Called now and then with a file, the bytes of it read so far and the rows read so far."""
 
 _REPORT_EVERY = 0x3FFF  # lines between progress reports, minus one
-# Lines between explicit releases of the GIL, minus one. Reading runs in a thread while the
-# event loop sends the chunk before it to PostgreSQL; without these releases the event loop
-# thread waited up to 0.4 s at a time to get the GIL back after a socket call (measured with a
-# 1 ms asyncio.sleep beside the reader: 381 ms worst wake-up, 37 ms with them), and PostgreSQL
-# waited with it. About 3 ms of reading between two releases.
+# Lines between explicit releases of the GIL, minus one (about 3 ms of reading). Reading runs in
+# a thread while the event loop sends the chunk before it to PostgreSQL; without these releases
+# the event loop waits long for the GIL after each socket call, and PostgreSQL waits with it
+# (docs/performance.md, "Write path notes").
 _YIELD_EVERY = 0x3FF
 
 

@@ -128,15 +128,18 @@ WHERE hour < $1;
 
 -- name: mark_new_meter_hours
 -- After the general path: the rows the history insert took, older than the sealed watermark
--- $1, as the ingest statement marks them.
-SELECT mark_dirty_hours('meter', array_agg(meter_id), array_agg(read_at))
-FROM import_meter_new
-WHERE read_at < $1;
+-- $1, as the ingest statement marks them. Reduced to their hours first: a chunk may hold a
+-- quarter million rows, and the function takes arrays.
+SELECT mark_dirty_hours('meter', array_agg(meter_id), array_agg(hour))
+FROM (SELECT DISTINCT meter_id, date_trunc('hour', read_at) AS hour
+      FROM import_meter_new
+      WHERE read_at < $1) AS late;
 
 -- name: mark_new_vehicle_hours
-SELECT mark_dirty_hours('vehicle', array_agg(vehicle_id), array_agg(read_at))
-FROM import_vehicle_new
-WHERE read_at < $1;
+SELECT mark_dirty_hours('vehicle', array_agg(vehicle_id), array_agg(hour))
+FROM (SELECT DISTINCT vehicle_id, date_trunc('hour', read_at) AS hour
+      FROM import_vehicle_new
+      WHERE read_at < $1) AS late;
 
 -- name: assignment_stored
 -- Whether this very assignment (vehicle $1, meter $2, from $3) is stored already.
