@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from energy_engine.cli import cli
-from energy_engine.importer import files
+from energy_engine.importer import validation
 from energy_engine.importer.files import METER_FIELDS, VEHICLE_FIELDS
 from energy_engine.importer.run import FileReport, ImportStopped, import_files
 from energy_engine.ingest.models import MeterReading, VehicleReading
@@ -351,7 +351,7 @@ async def test_readings_in_sealed_hours_mark_them_as_the_api_does(
     for db in (conn, other_conn):
         await db.execute("UPDATE rollup_watermarks SET at = $1 WHERE name = 'sealed'", sealed)
     # The API's write statement into one database, the import into the other.
-    parse = files._ANY_READING.validate_json
+    parse = validation.ANY_READING.validate_json
     for batch in (first, late):
         readings = [parse(orjson.dumps(item)) for item in batch]
         await write_readings(

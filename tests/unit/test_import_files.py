@@ -17,17 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from energy_engine.errors import ApiError
-from energy_engine.importer import files
-from energy_engine.importer.files import (
-    METER_COLUMNS,
-    VEHICLE_COLUMNS,
-    Chunk,
-    InvalidRows,
-    Layout,
-    UnsupportedFile,
-    file_format,
-    read_chunks,
-)
+from energy_engine.importer import files, layout, validation
+from energy_engine.importer.chunks import Chunk
+from energy_engine.importer.files import UnsupportedFile, file_format, read_chunks
+from energy_engine.importer.layout import METER_COLUMNS, VEHICLE_COLUMNS, Layout
+from energy_engine.importer.validation import InvalidRows
 from energy_engine.ingest.models import AnyReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.settings import Settings
@@ -195,7 +189,7 @@ def test_a_repeated_row_right_after_the_first_is_dropped_too(tmp_path: Path) -> 
 def test_values_are_packed_in_the_history_columns_types(tmp_path: Path) -> None:
     path = write(tmp_path / "a.ndjson", ndjson([vehicle("V-1", minute_ago(1), 0.1, 33.3, 0.1)]))
     (real,) = chunks_of(path)
-    (double,) = list(read_chunks([path], SETTINGS, 10, files.DOUBLE_LAYOUTS))
+    (double,) = list(read_chunks([path], SETTINGS, 10, layout.DOUBLE_LAYOUTS))
     assert staged_rows(real.vehicles.copy)[0][1:4] == (f32(33.3), 0.1, f32(0.1))
     assert staged_rows(double.vehicles.copy)[0][1:4] == (33.3, 0.1, 0.1)
 
@@ -206,12 +200,12 @@ def test_a_value_real_cannot_hold_is_a_problem(tmp_path: Path) -> None:
     assert problems_of(path) == [
         (1, "voltage", "too close to 0 for the history column (real); write 0")
     ]
-    (chunk,) = list(read_chunks([path], SETTINGS, 10, files.DOUBLE_LAYOUTS))
+    (chunk,) = list(read_chunks([path], SETTINGS, 10, layout.DOUBLE_LAYOUTS))
     assert staged_rows(chunk.meters.copy)[0][1:3] == (1e-300, 1e-46)
 
 
 def test_history_columns_of_other_types_are_refused() -> None:
-    with pytest.raises(files.UnsupportedHistory, match="double precision and real"):
+    with pytest.raises(layout.UnsupportedHistory, match="double precision and real"):
         Layout.of(METER_COLUMNS, {"kwh_consumed_ac": "numeric", "voltage": "real"})
 
 
@@ -471,7 +465,7 @@ def readings(draw: st.DrawFn) -> dict[str, Any]:
 def test_the_fast_path_accepts_only_what_the_models_accept_with_their_values(
     item: dict[str, Any],
 ) -> None:
-    encoder = files._Encoder(SETTINGS, LAYOUTS)
+    encoder = validation.Encoder(SETTINGS, LAYOUTS)
     check = encoder.meter if "meterId" in item else encoder.vehicle
     try:
         fast = check(item, 7)
@@ -488,7 +482,7 @@ def test_the_fast_path_accepts_only_what_the_models_accept_with_their_values(
         assert [p.field for p in encoder.problems] == [field for field, _ in refused]
         if not taken:
             return  # nothing packed: no values to compare
-    reading = files._ANY_READING.validate_json(json.dumps(item))
+    reading = validation.ANY_READING.validate_json(json.dumps(item))
     staged = encoder.meters if "meterId" in item else encoder.vehicles
     (row,) = staged_rows(staged.batch().copy)
     for name in ("voltage", "soc", "batteryTemp"):  # the `real` columns: nothing rounds to 0
@@ -516,13 +510,13 @@ def canonical_items() -> Iterator[dict[str, Any]]:
 
 @pytest.mark.parametrize("item", list(canonical_items()))
 def test_the_api_shape_takes_the_fast_path(item: dict[str, Any]) -> None:
-    encoder = files._Encoder(SETTINGS, LAYOUTS)
+    encoder = validation.Encoder(SETTINGS, LAYOUTS)
     assert (encoder.meter if "meterId" in item else encoder.vehicle)(item, 1)
 
 
 def test_the_fast_path_bounds_are_the_models() -> None:
-    assert files._VOLTAGE == (0.0, 1000.0)
-    assert files._SOC == (0.0, 100.0)
-    assert files._BATTERY_TEMP == (-40.0, 100.0)
-    assert files._KWH_AC[0] == files._KWH_DC[0] == 0.0
-    assert files._KWH_AC[1] < math.inf  # finite, so that a range check refuses infinity
+    assert validation._VOLTAGE == (0.0, 1000.0)
+    assert validation._SOC == (0.0, 100.0)
+    assert validation._BATTERY_TEMP == (-40.0, 100.0)
+    assert validation._KWH_AC[0] == validation._KWH_DC[0] == 0.0
+    assert validation._KWH_AC[1] < math.inf  # finite, so that a range check refuses infinity

@@ -19,17 +19,14 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from energy_engine import db
+from energy_engine import db, sql
 from energy_engine.assignments import store
 from energy_engine.assignments.models import AssignmentRequest
-from energy_engine.importer.files import InvalidRows, Problem, UnreadableFile, file_format
+from energy_engine.importer.files import UnreadableFile, file_format
+from energy_engine.importer.validation import InvalidRows, Problem
 from energy_engine.settings import Settings
 
-STORED = """
-SELECT EXISTS (
-    SELECT FROM assignments WHERE vehicle_id = $1 AND meter_id = $2 AND valid_from = $3
-)
-"""
+queries = sql.load("energy_engine.importer")
 
 
 @dataclass(slots=True)
@@ -105,7 +102,7 @@ async def import_assignments(
     for number, row in rows:
         report.read += 1
         stored = row.valid_from is not None and await conn.fetchval(
-            STORED, row.vehicle_id, row.meter_id, row.valid_from
+            queries.assignment_stored, row.vehicle_id, row.meter_id, row.valid_from
         )
         if stored:
             report.unchanged += 1

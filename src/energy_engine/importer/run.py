@@ -40,14 +40,13 @@ from energy_engine.importer.assignments import (
     read_assignments,
 )
 from energy_engine.importer.files import (
-    InvalidRows,
     ReadProgress,
     UnreadableFile,
     UnsupportedFile,
-    UnsupportedHistory,
     file_format,
     read_chunks,
 )
+from energy_engine.importer.layout import UnsupportedHistory
 from energy_engine.importer.store import (
     Partitions,
     create_staging_tables,
@@ -55,6 +54,7 @@ from energy_engine.importer.store import (
     rollups_exist,
     write_chunk,
 )
+from energy_engine.importer.validation import InvalidRows
 from energy_engine.settings import Settings
 
 # For the import's session only. Sorting a chunk and holding it in a TEMP table want more
