@@ -1,4 +1,4 @@
-"""The hot-row merge and the dirty-hour mark (migrations/0007), called directly.
+"""The hot-row merge and the dirty-hour mark (migrations/0001_baseline.sql), called directly.
 
 The expectation is computed from the readings themselves: the hot row holds the newest reading
 ever merged and, as the previous one, the newest reading older than that; a time seen twice

@@ -127,7 +127,7 @@ SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '64MB';
 --    hour): the previous reading of the run, or for a run's first reading, looked up.
 -- The increment into a part follows energy_engine.energy through `rollup_joined_kwh` and
 -- `rollup_joined_skipped` (migrations/0001_baseline.sql); `window_joined_kwh` and `window_joined_skipped`
--- (migrations/0008) count it only when its predecessor is within the window or the baseline
+-- (migrations/0001_baseline.sql) count it only when its predecessor is within the window or the baseline
 -- lookback ($8). A meter assigned for the whole window is read with every other (meter_totals);
 -- one assigned for part of it, by itself (meter_segment_energy).
 WITH

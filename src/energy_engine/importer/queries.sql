@@ -1,6 +1,6 @@
 -- The importer's statements (store.py says how a chunk moves through them). The hot-row merge
 -- and the dirty-hour mark are the ingest path's own SQL functions
--- (migrations/0007_merge_state.sql), so that an import stores what the API stores.
+-- (migrations/0001_baseline.sql), so that an import stores what the API stores.
 
 -- name: create_staging_tables
 -- This session's staging tables, shaped like the history (LIKE copies the columns and their

@@ -18,7 +18,7 @@ of the file wins, as the first write does), and take one of two paths:
 
 Either way each device's two newest new readings go to the hot-row merge, and the hours of
 new readings older than the `sealed` watermark are marked dirty: the SQL functions the ingest
-statements call (migrations/0007_merge_state.sql). tests/integration/test_import.py checks
+statements call (migrations/0001_baseline.sql). tests/integration/test_import.py checks
 that an import stores exactly what the API stores for the same readings, split into chunks
 differently, rollup marks included.
 """

@@ -5,7 +5,7 @@
 -- positions of the readings that were new (the first of repeats within the batch). Of the new
 -- readings it hands each device's newest, with the one before it, to the hot-row merge, and
 -- marks the hours of those older than the rollups' `sealed` watermark dirty: both SQL
--- functions of migrations/0007_merge_state.sql. `sealed` is share-locked until commit, so the
+-- functions of migrations/0001_baseline.sql. `sealed` is share-locked until commit, so the
 -- refresher seals past these readings only after they are visible.
 --
 -- The merge and the mark are CTEs that call a function; a CTE that modifies nothing runs only

@@ -1,7 +1,7 @@
 """Writes readings: history insert, hot-row merge and rollup marks in one statement per stream.
 
 The statements are the domain's named SQL (`sql.load`); the hot-row merge and the dirty-hour
-mark they call are SQL functions shared with the importer (migrations/0007_merge_state.sql).
+mark they call are SQL functions shared with the importer (migrations/0001_baseline.sql).
 A batch of both streams is one transaction, so that it is stored whole or not at all.
 """
 

@@ -5,11 +5,11 @@
 -- rollup), and looks the reading before each hour up in raw history, so running any step
 -- twice, or after a crash, gives the same rollups. The meter and vehicle statements differ in
 -- their tables and sensor columns only; the rules they share are SQL functions
--- (migrations/0001_baseline.sql, 0008_read_side.sql).
+-- (migrations/0001_baseline.sql).
 
 -- name: roll_meter_hours
 -- The hour rollups of the meters' readings chosen by $3-$7 (see rollup_hours in
--- migrations/0008_read_side.sql: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
+-- migrations/0001_baseline.sql: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
 -- by the energy rules $1 (interval semantics) and $2 (max power kW).
 INSERT INTO meter_rollups AS u (
     meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
@@ -106,7 +106,7 @@ WHERE u.vehicle_id = next.device_id AND u.hour = next.hour
 RETURNING u.vehicle_id AS device_id, u.hour;
 
 -- name: roll_meter_days
--- The meters' day rollups (rollup_days in migrations/0008_read_side.sql) of the hours
+-- The meters' day rollups (rollup_days in migrations/0001_baseline.sql) of the hours
 -- [$1, $2), all rolled (rolling), or of the complete days of the device-hours ($3 devices,
 -- $4 hours) that were redone or repaired (redoing); the other pair NULL.
 INSERT INTO meter_day_rollups AS d (

@@ -18,7 +18,7 @@ WHERE m.meter_id = $1;
 -- The fleet at a glance, from the hot rows alone. $1 online since, $2 interval semantics,
 -- $3 max power kW. `charging` follows energy.power_kw: the latest interval added energy, at a
 -- plausible power, and the reading is fresh (the same rule as a vehicle's own status; the SQL
--- functions of migrations/0006, which survive a poison reading in the hot row).
+-- functions of migrations/0001_baseline.sql, which survive a poison reading in the hot row).
 SELECT
     (SELECT count(*) FROM vehicle_state) AS vehicles,
     (SELECT count(*) FROM vehicle_state WHERE read_at >= $1) AS vehicles_online,
