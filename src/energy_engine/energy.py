@@ -56,7 +56,7 @@ def is_plausible(increment_kwh: float, interval: timedelta | None, max_power_kw:
     if interval is None:
         return True
     # The allowed energy is divided out rather than the increment multiplied, the same way the
-    # analytics SQL compares (energy_plausible, migrations/0001_baseline.sql): there `increment * 3600`
+    # SQL compares (energy_plausible in migrations/0001_baseline.sql): `increment * 3600`
     # overflows for a poison reading such as 1e308.
     return abs(increment_kwh) <= max_power_kw * interval.total_seconds() / 3600.0
 
