@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 
 # What `make test` leaves out: end-to-end checks that take minutes (`make test-all` runs them).
 FAST := not slow and not bench
+# pytest processes (pytest-xdist), each with its own embedded PostgreSQL; auto: one a core.
+WORKERS ?= auto
 
 .PHONY: install serve format lint typecheck test test-all unit bench plans clean
 
@@ -46,7 +48,7 @@ test-all: lint
 # then the report; $(1) is a marker expression, empty for every test.
 define covered
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest $(if $(1),-m "$(1)") $(ARGS)
+	$(BIN)/coverage run -m pytest -n $(WORKERS) $(if $(1),-m "$(1)") $(ARGS)
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 endef
