@@ -658,14 +658,57 @@ $$;
 -- statements and both import paths call them). STRICT: a NULL array (a batch with nothing
 -- new, or no late reading) skips the call.
 
--- Folds readings into the hot rows: one row a device, its newest new reading with the one
--- before it in prev_read_at / prev_kwh_* (NULL when the batch held one reading of the device).
--- The hot row keeps the newest reading and the one before it: a late reading can become the
--- previous one but never the latest, so the hot store never goes back in time. A reading at a
--- time the hot row holds already changes nothing (the first write wins, as in history). Rows
--- are written in device order, so that concurrent writers lock hot rows in one order and
--- cannot deadlock. The statement has no join: its plan (sort, insert) is the same for 1 row
--- and 10,000, also when plpgsql caches a generic one.
+-- The hot-row rule, once for both streams. A hot row keeps a device's newest reading and the
+-- one before it (s: the stored row; e: the incoming one, its newest new reading with the one
+-- before it in prev_*). A late reading can become the previous one but never the latest, so
+-- the hot store never goes back in time; a reading at a time the row holds already changes
+-- nothing (the first write wins, as in history). Plain SQL: inlined into the merges below.
+
+-- Whether the merge changes the row at all: a newer latest or a newer previous reading.
+CREATE FUNCTION hot_row_changes(
+    s_at timestamptz, s_prev_at timestamptz, e_at timestamptz, e_prev_at timestamptz
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT e_at > s_at
+    OR (e_at < s_at AND e_at > coalesce(s_prev_at, '-infinity'))
+    OR (e_at = s_at AND e_prev_at > coalesce(s_prev_at, '-infinity'))
+$$;
+
+-- A field of the latest reading after the merge (the incoming one's only if it is newer).
+CREATE FUNCTION hot_row_latest(
+    s_at timestamptz, e_at timestamptz, s_value anycompatible, e_value anycompatible
+) RETURNS anycompatible
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN e_at > s_at THEN e_value ELSE s_value END
+$$;
+
+-- The previous reading's time after the merge (where hot_row_changes holds).
+CREATE FUNCTION hot_row_prev_at(
+    s_at timestamptz, s_prev_at timestamptz, e_at timestamptz, e_prev_at timestamptz
+) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN e_at > s_at THEN greatest(s_at, e_prev_at)
+            WHEN e_at < s_at THEN greatest(s_prev_at, e_at)
+            ELSE greatest(s_prev_at, e_prev_at)
+       END
+$$;
+
+-- The previous reading's register after the merge (where hot_row_changes holds).
+CREATE FUNCTION hot_row_prev_kwh(
+    s_at timestamptz, s_kwh double precision,
+    e_at timestamptz, e_kwh double precision, e_prev_at timestamptz, e_prev_kwh double precision
+) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE WHEN e_at > s_at THEN CASE WHEN e_prev_at > s_at THEN e_prev_kwh ELSE s_kwh END
+            WHEN e_at < s_at THEN e_kwh
+            ELSE e_prev_kwh
+       END
+$$;
+
+-- Folds readings into a stream's hot rows by the rule above: one row a device. Rows are
+-- written in device order, so that concurrent writers lock hot rows in one order and cannot
+-- deadlock. The statement has no join: its plan (sort, insert) is the same for 1 row and
+-- 10,000, also when plpgsql caches a generic one.
 CREATE FUNCTION merge_meter_state(rows meter_state[]) RETURNS void
 LANGUAGE plpgsql STRICT AS $$
 BEGIN
@@ -673,37 +716,21 @@ BEGIN
     SELECT * FROM unnest(rows)
     ORDER BY meter_id
     ON CONFLICT (meter_id) DO UPDATE SET
-        read_at = CASE WHEN excluded.read_at > s.read_at
-                       THEN excluded.read_at ELSE s.read_at END,
-        kwh_consumed_ac = CASE WHEN excluded.read_at > s.read_at
-                               THEN excluded.kwh_consumed_ac ELSE s.kwh_consumed_ac END,
-        voltage = CASE WHEN excluded.read_at > s.read_at
-                       THEN excluded.voltage ELSE s.voltage END,
-        received_at = CASE WHEN excluded.read_at > s.read_at
-                           THEN excluded.received_at ELSE s.received_at END,
-        prev_read_at = CASE
-            WHEN excluded.read_at > s.read_at THEN greatest(s.read_at, excluded.prev_read_at)
-            WHEN excluded.read_at < s.read_at THEN greatest(s.prev_read_at, excluded.read_at)
-            ELSE greatest(s.prev_read_at, excluded.prev_read_at)
-        END,
-        prev_kwh_consumed_ac = CASE
-            WHEN excluded.read_at > s.read_at THEN
-                CASE WHEN excluded.prev_read_at > s.read_at
-                     THEN excluded.prev_kwh_consumed_ac ELSE s.kwh_consumed_ac END
-            WHEN excluded.read_at < s.read_at THEN excluded.kwh_consumed_ac
-            ELSE excluded.prev_kwh_consumed_ac
-        END
-    -- Only a newer latest or a newer previous reading changes the row (a tie: first wins);
-    -- the branches above that take the incoming reading unconditionally rely on it.
-    WHERE excluded.read_at > s.read_at
-       OR (excluded.read_at < s.read_at
-           AND excluded.read_at > coalesce(s.prev_read_at, '-infinity'))
-       OR (excluded.read_at = s.read_at
-           AND excluded.prev_read_at > coalesce(s.prev_read_at, '-infinity'));
+        read_at = greatest(s.read_at, excluded.read_at),
+        kwh_consumed_ac = hot_row_latest(s.read_at, excluded.read_at,
+                                         s.kwh_consumed_ac, excluded.kwh_consumed_ac),
+        voltage = hot_row_latest(s.read_at, excluded.read_at, s.voltage, excluded.voltage),
+        received_at = hot_row_latest(s.read_at, excluded.read_at,
+                                     s.received_at, excluded.received_at),
+        prev_read_at = hot_row_prev_at(s.read_at, s.prev_read_at,
+                                       excluded.read_at, excluded.prev_read_at),
+        prev_kwh_consumed_ac = hot_row_prev_kwh(
+            s.read_at, s.kwh_consumed_ac, excluded.read_at, excluded.kwh_consumed_ac,
+            excluded.prev_read_at, excluded.prev_kwh_consumed_ac)
+    WHERE hot_row_changes(s.read_at, s.prev_read_at, excluded.read_at, excluded.prev_read_at);
 END
 $$;
 
--- The same for vehicles.
 CREATE FUNCTION merge_vehicle_state(rows vehicle_state[]) RETURNS void
 LANGUAGE plpgsql STRICT AS $$
 BEGIN
@@ -711,35 +738,20 @@ BEGIN
     SELECT * FROM unnest(rows)
     ORDER BY vehicle_id
     ON CONFLICT (vehicle_id) DO UPDATE SET
-        read_at = CASE WHEN excluded.read_at > s.read_at
-                       THEN excluded.read_at ELSE s.read_at END,
-        soc = CASE WHEN excluded.read_at > s.read_at
-                   THEN excluded.soc ELSE s.soc END,
-        kwh_delivered_dc = CASE WHEN excluded.read_at > s.read_at
-                                THEN excluded.kwh_delivered_dc ELSE s.kwh_delivered_dc END,
-        battery_temp = CASE WHEN excluded.read_at > s.read_at
-                            THEN excluded.battery_temp ELSE s.battery_temp END,
-        received_at = CASE WHEN excluded.read_at > s.read_at
-                           THEN excluded.received_at ELSE s.received_at END,
-        prev_read_at = CASE
-            WHEN excluded.read_at > s.read_at THEN greatest(s.read_at, excluded.prev_read_at)
-            WHEN excluded.read_at < s.read_at THEN greatest(s.prev_read_at, excluded.read_at)
-            ELSE greatest(s.prev_read_at, excluded.prev_read_at)
-        END,
-        prev_kwh_delivered_dc = CASE
-            WHEN excluded.read_at > s.read_at THEN
-                CASE WHEN excluded.prev_read_at > s.read_at
-                     THEN excluded.prev_kwh_delivered_dc ELSE s.kwh_delivered_dc END
-            WHEN excluded.read_at < s.read_at THEN excluded.kwh_delivered_dc
-            ELSE excluded.prev_kwh_delivered_dc
-        END
-    -- Only a newer latest or a newer previous reading changes the row (a tie: first wins);
-    -- the branches above that take the incoming reading unconditionally rely on it.
-    WHERE excluded.read_at > s.read_at
-       OR (excluded.read_at < s.read_at
-           AND excluded.read_at > coalesce(s.prev_read_at, '-infinity'))
-       OR (excluded.read_at = s.read_at
-           AND excluded.prev_read_at > coalesce(s.prev_read_at, '-infinity'));
+        read_at = greatest(s.read_at, excluded.read_at),
+        soc = hot_row_latest(s.read_at, excluded.read_at, s.soc, excluded.soc),
+        kwh_delivered_dc = hot_row_latest(s.read_at, excluded.read_at,
+                                          s.kwh_delivered_dc, excluded.kwh_delivered_dc),
+        battery_temp = hot_row_latest(s.read_at, excluded.read_at,
+                                      s.battery_temp, excluded.battery_temp),
+        received_at = hot_row_latest(s.read_at, excluded.read_at,
+                                     s.received_at, excluded.received_at),
+        prev_read_at = hot_row_prev_at(s.read_at, s.prev_read_at,
+                                       excluded.read_at, excluded.prev_read_at),
+        prev_kwh_delivered_dc = hot_row_prev_kwh(
+            s.read_at, s.kwh_delivered_dc, excluded.read_at, excluded.kwh_delivered_dc,
+            excluded.prev_read_at, excluded.prev_kwh_delivered_dc)
+    WHERE hot_row_changes(s.read_at, s.prev_read_at, excluded.read_at, excluded.prev_read_at);
 END
 $$;
 
