@@ -42,11 +42,13 @@ UPDATE rollup_watermarks SET at = '-infinity' WHERE name = 'rolled';
 
 
 -- name: rollups_behind
--- DUPLICATES ENGINE: what the refresher of rollups/store.py has left to do: dirty hours, and
--- sealed hours not rolled up yet (0 once it has caught up).
+-- DUPLICATES ENGINE: what the refresher of rollups/store.py has left to do: dirty hours,
+-- sealed hours not rolled up yet, and a first round not run yet (both watermarks start at
+-- -infinity, which would otherwise read as caught up); 0 once it has caught up.
 SELECT (SELECT count(*) FROM rollup_dirty)
      + (SELECT count(*) FROM rollup_watermarks AS r, rollup_watermarks AS s
-        WHERE r.name = 'rolled' AND s.name = 'sealed' AND r.at < s.at);
+        WHERE r.name = 'rolled' AND s.name = 'sealed' AND r.at < s.at)
+     + (SELECT count(*) FROM rollup_watermarks WHERE name = 'rolled' AND NOT isfinite(at));
 
 
 -- name: partition_sizes
