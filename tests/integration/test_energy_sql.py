@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from energy_engine.analytics import store as analytics
 from energy_engine.energy import Reading, window_energy
 from energy_engine.ingest import store as ingest
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.settings import EnergySemantics, Settings
+from tests import window_sql as windows
 from tests.conftest import cloned_database
 
 T0 = (datetime.now(UTC) - timedelta(days=2)).replace(minute=0, second=0, microsecond=0)
@@ -84,8 +84,8 @@ async def _check(
             meter_id,
             T0 - timedelta(days=1),
         )
-        dc = await analytics.vehicle_window(conn, vehicle_id, start, end, config)
-        ac = await analytics.meter_windows(conn, vehicle_id, start, end, config)
+        dc = await windows.vehicle_window(conn, vehicle_id, start, end, config)
+        ac = await windows.meter_windows(conn, vehicle_id, start, end, config)
     finally:
         await conn.close()
     want = window_energy(

@@ -12,12 +12,12 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from energy_engine import db
-from energy_engine.analytics import store as analytics
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import EnergySemantics, Settings
 from tests import reference
+from tests import window_sql as windows
 from tests.conftest import RulesDatabase
 from tests.reference_sql import RAW_METER_WINDOWS, RAW_VEHICLE_WINDOW
 
@@ -58,8 +58,8 @@ async def _answers(
 ) -> tuple[tuple[int, float, int, float | None], tuple[int, float, int, float | None]]:
     """(readings, kWh, skipped, avg temperature) from the rollup path and from raw history."""
     vehicle = f"v-{device}"
-    dc = await analytics.vehicle_window(conn, vehicle, start, end, config)
-    ac = await analytics.meter_windows(conn, vehicle, start, end, config)
+    dc = await windows.vehicle_window(conn, vehicle, start, end, config)
+    ac = await windows.meter_windows(conn, vehicle, start, end, config)
     assert len(ac) == 1
     args = (
         vehicle,
@@ -330,7 +330,7 @@ async def test_a_rolled_day_is_read_from_about_24_rollups(
     # Two half-hour edges of raw rows and the baseline, not 1,440 readings; the 23 whole
     # hours (and the last rollup before the tail, which it joins) from hour rollups.
     assert (raw, hours, days) == (2 * 30 + 1, 23 + 1, 0)
-    window = await analytics.vehicle_window(conn, "V-day", start, end, settings)
+    window = await windows.vehicle_window(conn, "V-day", start, end, settings)
     assert window.readings == 24 * 60
     assert window.kwh == pytest.approx(24 * 60 * 0.1)
 
@@ -344,7 +344,7 @@ async def test_whole_days_of_a_window_are_read_from_day_rollups(
     start, end = day + timedelta(hours=10, minutes=30), day + timedelta(days=3, hours=5, minutes=30)
     raw, hours, days = await _reads(conn, "V-days", start, end)
     assert (raw, hours, days) == (2 * 30 + 1, 13 + 5 + 1, 2)
-    window = await analytics.vehicle_window(conn, "V-days", start, end, settings)
+    window = await windows.vehicle_window(conn, "V-days", start, end, settings)
     minutes = int((end - start) / timedelta(minutes=1))
     assert window.readings == minutes
     assert window.kwh == pytest.approx(minutes * 0.1)

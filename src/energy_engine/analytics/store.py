@@ -32,46 +32,12 @@ class VehicleWindow(NamedTuple):
     avg_battery_temp: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class MeterWindow:
-    """AC side of one assignment's part of a window."""
-
-    meter_id: str
-    start: datetime
-    end: datetime
-    readings: int
-    kwh: float
-    skipped: int
-
-
 def _args(settings: Settings) -> tuple[object, ...]:
     return (
         settings.baseline_lookback,
         settings.max_power_kw,
         settings.energy_semantics is EnergySemantics.INTERVAL,
     )
-
-
-async def vehicle_window(
-    conn: Connection, vehicle_id: str, start: datetime, end: datetime, settings: Settings
-) -> VehicleWindow:
-    """DC energy, reading count and average battery temperature of a vehicle in [start, end)."""
-    row = await conn.fetchrow(queries.vehicle_window, vehicle_id, start, end, *_args(settings))
-    assert row is not None  # an aggregate always yields a row
-    return VehicleWindow(row["readings"], row["kwh"], row["skipped"], row["avg_battery_temp"])
-
-
-async def meter_windows(
-    conn: Connection, vehicle_id: str, start: datetime, end: datetime, settings: Settings
-) -> list[MeterWindow]:
-    """AC energy of each meter assigned to the vehicle, over its assigned part of [start, end)."""
-    rows = await conn.fetch(queries.meter_windows, vehicle_id, start, end, *_args(settings))
-    return [
-        MeterWindow(
-            r["meter_id"], r["seg_from"], r["seg_to"], r["readings"], r["kwh"], r["skipped"]
-        )
-        for r in rows
-    ]
 
 
 class Performance(NamedTuple):
