@@ -230,7 +230,7 @@ async def render(admin_url: str) -> str:
         "What to look for: every history read is an index scan of one device (the report, the "
         "series) or a time range (the fleet), and generic plans prune partitions when they "
         "start (`Subplans Removed`). The hours not rolled up yet and dirty hours are read by "
-        "`vehicle_readings_between` / `meter_readings_between` (migrations/0001_baseline.sql), "
+        "`stream_readings_between` (migrations/0001_baseline.sql), "
         "whose own statements show as a Function Scan here: each is one index range scan of "
         "one device.",
         "",

@@ -1,8 +1,8 @@
 """The engine's window functions called one at a time, for tests that check them alone.
 
-The routes call `vehicle_window_energy` and `meter_window_energy` inside larger statements
-(analytics/queries.sql); these helpers call each directly, with the same arguments, so the
-tests can compare each side of a window with raw history.
+The routes call `stream_window_energy` inside larger statements (analytics/queries.sql);
+these helpers call it directly for each side, with the same arguments, so the tests can
+compare each side of a window with raw history.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from energy_engine.db import Connection
 from energy_engine.settings import EnergySemantics, Settings
 
 VEHICLE_WINDOW = """
-SELECT readings, kwh, skipped, battery_temp_sum / nullif(readings, 0) AS avg_battery_temp
-FROM vehicle_window_energy($1, $2, $3, $4, $5, $6)
+SELECT readings, kwh, skipped, sensor_sum / nullif(readings, 0) AS avg_battery_temp
+FROM stream_window_energy('vehicle', $1, $2, $3, $4, $5, $6, $2, $3)
 """
 
 # The meters assigned to the vehicle during the window, each for its part of the window.
@@ -30,7 +30,8 @@ WITH segments AS (
 )
 SELECT s.meter_id, s.seg_from, s.seg_to, e.readings, e.kwh, e.skipped
 FROM segments AS s
-CROSS JOIN LATERAL meter_window_energy(s.meter_id, s.seg_from, s.seg_to, $4, $5, $6, $2, $3) AS e
+CROSS JOIN LATERAL stream_window_energy(
+    'meter', s.meter_id, s.seg_from, s.seg_to, $4, $5, $6, $2, $3) AS e
 WHERE s.seg_from < s.seg_to
 ORDER BY s.seg_from
 """

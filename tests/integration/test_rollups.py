@@ -223,7 +223,7 @@ async def test_late_reading_for_a_rolled_hour_corrects_that_hour(
         assert [tuple(d) for d in dirty] == [("meter", "M-late", HOUR)]
         # Until the refresher redoes the hour, the answer comes from raw rows: already exact.
         energy = await conn.fetchrow(
-            "SELECT * FROM meter_window_energy($1, $2, $3, '1 day', 500, false, $2, $3)",
+            "SELECT * FROM stream_window_energy('meter', $1, $2, $3, '1 day', 500, false, $2, $3)",
             "M-late",
             HOUR,
             HOUR + timedelta(hours=1),
@@ -297,8 +297,8 @@ async def _reads(
     (EXPLAIN does not show their statements); rollups by EXPLAIN ANALYZE."""
     async with conn.transaction():
         plan = await conn.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM vehicle_window_energy("
-            "$1, $2, $3, '7 days', 500, false)",
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM stream_window_energy("
+            "'vehicle', $1, $2, $3, '7 days', 500, false, $2, $3)",
             vehicle,
             start,
             end,

@@ -339,321 +339,6 @@ SELECT greatest(window_hour_from(window_from),
                 least(date_trunc('hour', window_to), rollups_rolled()))
 $$;
 
--- One device's readings in [from_at, to_at). The window functions read the hours not rolled
--- up yet and the dirty hours through these: the bounds depend on the `rolled` watermark or on
--- a dirty hour, and inlined into a statement such a bound either cannot prune partitions when
--- the statement starts (a subquery's value) or is evaluated once per partition when it does
--- (a function call: about 40 watermark lookups per scan, 1.6 ms of a 24 h report). Here the
--- bounds are parameters of a plan PL/pgSQL keeps for the session, pruned when it starts.
-CREATE FUNCTION vehicle_readings_between(vehicle text, from_at timestamptz, to_at timestamptz)
-RETURNS TABLE (read_at timestamptz, kwh double precision, battery_temp real, soc real)
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-BEGIN
-    RETURN QUERY
-    SELECT r.read_at, r.kwh_delivered_dc, r.battery_temp, r.soc
-    FROM vehicle_readings AS r
-    WHERE r.vehicle_id = vehicle AND r.read_at >= from_at AND r.read_at < to_at;
-END
-$$;
-
-CREATE FUNCTION meter_readings_between(meter text, from_at timestamptz, to_at timestamptz)
-RETURNS TABLE (read_at timestamptz, kwh double precision)
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-BEGIN
-    RETURN QUERY
-    SELECT r.read_at, r.kwh_consumed_ac
-    FROM meter_readings AS r
-    WHERE r.meter_id = meter AND r.read_at >= from_at AND r.read_at < to_at;
-END
-$$;
-
--- Energy of one vehicle over [window_from, window_to): readings, counted kWh, skipped
--- (implausible) increments, the sum of battery temperatures and the SoC range. Equal to
--- energy_engine.energy.window_energy over the raw readings: a window is pieced together from
--- the baseline reading, raw rows at its edges and in dirty hours, day rollups of whole clean
--- days and hour rollups of the other whole clean hours; the increments between consecutive
--- pieces follow the same rules as between raw readings.
-CREATE FUNCTION vehicle_window_energy(
-    vehicle text, window_from timestamptz, window_to timestamptz,
-    lookback interval, max_kw double precision, interval_kwh boolean
-) RETURNS TABLE (
-    readings bigint, kwh double precision, skipped bigint, battery_temp_sum double precision,
-    soc_min real, soc_max real
-)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
-    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
-           (SELECT array_agg(d.hour ORDER BY d.hour)  -- NULL: no dirty hour
-            FROM rollup_dirty AS d
-            WHERE d.stream = 'vehicle' AND d.device_id = vehicle AND d.hour < b.ht) AS dirty_before
-    FROM (SELECT window_hour_from(window_from) AS hf,
-                 window_hour_to(window_from, window_to) AS ht
-          OFFSET 0) AS b
-),
-dirty AS (
-    SELECT hour
-    FROM unnest((SELECT dirty_before FROM bounds)) AS hour
-    WHERE hour >= (SELECT hf FROM bounds)
-),
--- Whether every rollup of the window can be trusted with its stored predecessor: the device
--- has no dirty hour before the rolled part of the window ends (a late reading may precede a
--- rollup's first reading more closely than its stored predecessor until the refresher redoes
--- the hour). Nearly always true; otherwise each rollup is a piece of its own.
-settled AS (
-    SELECT (SELECT dirty_before FROM bounds) IS NULL AS yes
-),
-pieces AS (
-    (SELECT read_at AS first_at, read_at AS last_at, kwh_delivered_dc AS first_kwh,
-            kwh_delivered_dc AS last_kwh, 0::float8 AS added, 0::bigint AS skipped,
-            0::bigint AS readings, 0::float8 AS temp_sum, NULL::real AS soc_min,
-            NULL::real AS soc_max, false AS counted, false AS joined_in
-     FROM vehicle_readings
-     WHERE vehicle_id = vehicle AND read_at < window_from AND read_at >= window_from - lookback
-     ORDER BY read_at DESC
-     LIMIT 1)
-    UNION ALL
-    -- the partial first hour
-    SELECT r.read_at, r.read_at, r.kwh_delivered_dc, r.kwh_delivered_dc, 0, 0, 1,
-           r.battery_temp, r.soc, r.soc, true, false
-    FROM vehicle_readings AS r
-    WHERE r.vehicle_id = vehicle AND r.read_at >= window_from
-      AND r.read_at < least(window_hour_from(window_from), window_to)
-    UNION ALL
-    -- the hours not rolled up (yet), and the partial last hour
-    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.battery_temp, r.soc, r.soc, true, false
-    FROM vehicle_readings_between(vehicle, greatest((SELECT ht FROM bounds), window_from),
-                                  window_to) AS r
-    UNION ALL
-    -- the rolled hours, when settled: one piece summing every rollup with the increment into
-    -- its first reading from its stored predecessor (counted when within the window or the
-    -- baseline lookback, like a lag would), ordered by its start, ending with the last one
-    SELECT window_hour_from(window_from), l.last_at, NULL, l.last_kwh, a.added, a.skipped,
-           a.readings, a.temp_sum, a.soc_min, a.soc_max, true, true
-    FROM (
-        SELECT sum(u.added_kwh + CASE WHEN u.prev_at >= window_from - lookback THEN u.joined_kwh
-                                      WHEN interval_kwh THEN u.first_kwh
-                                      ELSE 0
-                                 END) AS added,
-               sum(u.skipped + CASE WHEN u.prev_at >= window_from - lookback
-                                    THEN u.joined_skipped ELSE 0 END) AS skipped,
-               sum(u.readings) AS readings, sum(u.battery_temp_sum) AS temp_sum,
-               min(u.soc_min) AS soc_min, max(u.soc_max) AS soc_max
-        FROM (  -- whole days from day rollups, the hours around them from hour rollups
-            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings,
-                   battery_temp_sum, soc_min, soc_max
-            FROM vehicle_rollups
-            WHERE vehicle_id = vehicle AND hour >= (SELECT hf FROM bounds)
-              AND hour < (SELECT df FROM bounds)
-            UNION ALL
-            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings,
-                   battery_temp_sum, soc_min, soc_max
-            FROM vehicle_day_rollups
-            WHERE vehicle_id = vehicle
-              AND day >= (SELECT df FROM bounds)
-              AND day < (SELECT dt FROM bounds)
-            UNION ALL
-            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings,
-                   battery_temp_sum, soc_min, soc_max
-            FROM vehicle_rollups
-            WHERE vehicle_id = vehicle
-              AND hour >= (SELECT dt FROM bounds)
-              AND hour < (SELECT ht FROM bounds)
-        ) AS u
-        WHERE (SELECT yes FROM settled)
-        HAVING count(*) > 0
-    ) AS a,
-    (   -- the last rolled reading, for the next piece to join to
-        SELECT last_at, last_kwh
-        FROM vehicle_rollups
-        WHERE vehicle_id = vehicle AND hour < (SELECT ht FROM bounds)
-        ORDER BY hour DESC
-        LIMIT 1
-    ) AS l
-    UNION ALL
-    -- otherwise: every clean rollup, and the raw rows of the dirty hours
-    SELECT u.first_at, u.last_at, u.first_kwh, u.last_kwh, u.added_kwh, u.skipped, u.readings,
-           u.battery_temp_sum, u.soc_min, u.soc_max, true, false
-    FROM vehicle_rollups AS u
-    WHERE u.vehicle_id = vehicle
-      AND u.hour >= (SELECT hf FROM bounds)
-      AND u.hour < (SELECT ht FROM bounds)
-      AND NOT (SELECT yes FROM settled)
-      AND NOT EXISTS (SELECT FROM dirty WHERE dirty.hour = u.hour)
-    UNION ALL
-    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.battery_temp, r.soc, r.soc, true, false
-    FROM dirty AS d
-    CROSS JOIN LATERAL vehicle_readings_between(
-        vehicle, greatest(d.hour, window_from), least(d.hour + interval '1 hour', window_to)) AS r
-),
-steps AS (
-    SELECT counted, added, skipped, readings, temp_sum, soc_min, soc_max,
-           CASE WHEN NOT joined_in  -- the settled rollups' piece joined itself
-                THEN energy_increment(first_kwh, lag(last_kwh) OVER w, interval_kwh)
-           END AS joined,
-           CASE WHEN NOT joined_in
-                THEN EXTRACT(epoch FROM first_at - lag(last_at) OVER w)::float8
-           END AS seconds
-    FROM pieces
-    WINDOW w AS (ORDER BY first_at)
-)
-SELECT coalesce(sum(readings), 0)::bigint,
-       coalesce(sum(added), 0)
-           + coalesce(sum(joined) FILTER (WHERE seconds IS NULL
-                                             OR energy_plausible(joined, seconds, max_kw)), 0),
-       (coalesce(sum(skipped), 0)
-           + count(*) FILTER (WHERE NOT energy_plausible(joined, seconds, max_kw)))::bigint,
-       sum(temp_sum),
-       min(soc_min),
-       max(soc_max)
-FROM steps
-WHERE counted
-$$;
-
--- The same for one meter over [window_from, window_to): readings, counted kWh, skipped.
--- [outer_from, outer_to) encloses the window and is known when the query is planned (the
--- caller's whole window, while window_from/to are one assignment's part of it): repeated on
--- every scan, it lets PostgreSQL prune the partitions outside it.
-CREATE FUNCTION meter_window_energy(
-    meter text, window_from timestamptz, window_to timestamptz,
-    lookback interval, max_kw double precision, interval_kwh boolean,
-    outer_from timestamptz, outer_to timestamptz
-) RETURNS TABLE (readings bigint, kwh double precision, skipped bigint)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
-    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
-           (SELECT array_agg(d.hour ORDER BY d.hour)  -- NULL: no dirty hour
-            FROM rollup_dirty AS d
-            WHERE d.stream = 'meter' AND d.device_id = meter AND d.hour < b.ht) AS dirty_before
-    FROM (SELECT window_hour_from(window_from) AS hf,
-                 window_hour_to(window_from, window_to) AS ht
-          OFFSET 0) AS b
-),
-dirty AS (
-    SELECT hour
-    FROM unnest((SELECT dirty_before FROM bounds)) AS hour
-    WHERE hour >= (SELECT hf FROM bounds)
-),
-settled AS (  -- as in vehicle_window_energy
-    SELECT (SELECT dirty_before FROM bounds) IS NULL AS yes
-),
-pieces AS (
-    (SELECT read_at AS first_at, read_at AS last_at, kwh_consumed_ac AS first_kwh,
-            kwh_consumed_ac AS last_kwh, 0::float8 AS added, 0::bigint AS skipped,
-            0::bigint AS readings, false AS counted, false AS joined_in
-     FROM meter_readings
-     WHERE meter_id = meter AND read_at < window_from AND read_at >= window_from - lookback
-       AND read_at >= outer_from - lookback AND read_at < outer_to
-     ORDER BY read_at DESC
-     LIMIT 1)
-    UNION ALL
-    -- the partial first hour
-    SELECT r.read_at, r.read_at, r.kwh_consumed_ac, r.kwh_consumed_ac, 0, 0, 1, true, false
-    FROM meter_readings AS r
-    WHERE r.meter_id = meter AND r.read_at >= window_from
-      AND r.read_at < least(window_hour_from(window_from), window_to)
-      AND r.read_at >= outer_from AND r.read_at < outer_to
-    UNION ALL
-    -- the hours not rolled up (yet), and the partial last hour
-    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, true, false
-    FROM meter_readings_between(meter, greatest((SELECT ht FROM bounds), window_from),
-                                window_to) AS r
-    UNION ALL
-    -- the rolled hours, when settled: one piece (as in vehicle_window_energy)
-    SELECT window_hour_from(window_from), l.last_at, NULL, l.last_kwh, a.added, a.skipped,
-           a.readings, true, true
-    FROM (
-        SELECT sum(u.added_kwh + CASE WHEN u.prev_at >= window_from - lookback THEN u.joined_kwh
-                                      WHEN interval_kwh THEN u.first_kwh
-                                      ELSE 0
-                                 END) AS added,
-               sum(u.skipped + CASE WHEN u.prev_at >= window_from - lookback
-                                    THEN u.joined_skipped ELSE 0 END) AS skipped,
-               sum(u.readings) AS readings
-        FROM (  -- whole days from day rollups, the hours around them from hour rollups
-            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings
-            FROM meter_rollups
-            WHERE meter_id = meter AND hour >= (SELECT hf FROM bounds)
-              AND hour < (SELECT df FROM bounds)
-            UNION ALL
-            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings
-            FROM meter_day_rollups
-            WHERE meter_id = meter
-              AND day >= (SELECT df FROM bounds)
-              AND day < (SELECT dt FROM bounds)
-            UNION ALL
-            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings
-            FROM meter_rollups
-            WHERE meter_id = meter
-              AND hour >= (SELECT dt FROM bounds)
-              AND hour < (SELECT ht FROM bounds)
-        ) AS u
-        WHERE (SELECT yes FROM settled)
-        HAVING count(*) > 0
-    ) AS a,
-    (   -- the last rolled reading, for the next piece to join to
-        SELECT last_at, last_kwh
-        FROM meter_rollups
-        WHERE meter_id = meter AND hour < (SELECT ht FROM bounds)
-        ORDER BY hour DESC
-        LIMIT 1
-    ) AS l
-    UNION ALL
-    -- otherwise: every clean rollup, and the raw rows of the dirty hours
-    SELECT u.first_at, u.last_at, u.first_kwh, u.last_kwh, u.added_kwh, u.skipped, u.readings,
-           true, false
-    FROM meter_rollups AS u
-    WHERE u.meter_id = meter
-      AND u.hour >= (SELECT hf FROM bounds)
-      AND u.hour < (SELECT ht FROM bounds)
-      AND NOT (SELECT yes FROM settled)
-      AND NOT EXISTS (SELECT FROM dirty WHERE dirty.hour = u.hour)
-    UNION ALL
-    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, true, false
-    FROM dirty AS d
-    CROSS JOIN LATERAL meter_readings_between(
-        meter, greatest(d.hour, window_from), least(d.hour + interval '1 hour', window_to)) AS r
-),
-steps AS (
-    SELECT counted, added, skipped, readings,
-           CASE WHEN NOT joined_in  -- the settled rollups' piece joined itself
-                THEN energy_increment(first_kwh, lag(last_kwh) OVER w, interval_kwh)
-           END AS joined,
-           CASE WHEN NOT joined_in
-                THEN EXTRACT(epoch FROM first_at - lag(last_at) OVER w)::float8
-           END AS seconds
-    FROM pieces
-    WINDOW w AS (ORDER BY first_at)
-)
-SELECT coalesce(sum(readings), 0)::bigint,
-       coalesce(sum(added), 0)
-           + coalesce(sum(joined) FILTER (WHERE seconds IS NULL
-                                             OR energy_plausible(joined, seconds, max_kw)), 0),
-       (coalesce(sum(skipped), 0)
-           + count(*) FILTER (WHERE NOT energy_plausible(joined, seconds, max_kw)))::bigint
-FROM steps
-WHERE counted
-$$;
-
--- `meter_window_energy` for one assignment's part of a window, planned on its own. Inlined in
--- a statement, the function's scans are bounded by the part's start and end only as values of
--- the assignment row, which cannot prune partitions when the statement starts: every scan
--- started on every partition of the enclosing window (EXPLAIN ANALYZE of a 30-day report: 125
--- partition scans started, 4 read). Here the bounds are parameters. Statements call it for
--- the parts that do not cover the whole window (a meter switched inside it), which are rare.
-CREATE FUNCTION meter_segment_energy(
-    meter text, window_from timestamptz, window_to timestamptz,
-    lookback interval, max_kw double precision, interval_kwh boolean
-) RETURNS TABLE (readings bigint, kwh double precision, skipped bigint)
-LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-BEGIN
-    RETURN QUERY
-    SELECT e.readings, e.kwh, e.skipped
-    FROM meter_window_energy(meter, window_from, window_to, lookback, max_kw, interval_kwh,
-                             window_from, window_to) AS e;
-END
-$$;
-
-
 -- The hot-row merge and the dirty-hour mark, once each, for every writer (the ingest
 -- statements and both import paths call them). STRICT: a NULL array (a batch with nothing
 -- new, or no late reading) skips the call.
@@ -815,6 +500,37 @@ UNION ALL
 SELECT 'vehicle'::text, vehicle_id, read_at, kwh_delivered_dc, battery_temp, soc
 FROM vehicle_readings;
 
+-- One device's reading just before `before` and not before `not_before`, if any. Not through
+-- stream_readings: over a UNION, ORDER BY … LIMIT 1 merges every partition's newest row
+-- instead of reading the partitions newest first and stopping at the first. [within_from,
+-- within_to) encloses the range and is known when the calling statement starts (where
+-- `before` may be a value of another row), so partitions outside it are pruned then.
+CREATE FUNCTION stream_reading_before(
+    of_stream text, device text, before timestamptz, not_before timestamptz,
+    within_from timestamptz, within_to timestamptz
+) RETURNS TABLE (read_at timestamptz, kwh double precision)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+-- The stream test stays outside the LIMIT: there a constant false drops the branch while
+-- planning, where inside it would leave an empty Sort to run on every call.
+SELECT *
+FROM (SELECT r.read_at, r.kwh_consumed_ac
+      FROM meter_readings AS r
+      WHERE r.meter_id = device AND r.read_at < before AND r.read_at >= not_before
+        AND r.read_at >= within_from AND r.read_at < within_to
+      ORDER BY r.read_at DESC
+      LIMIT 1) AS m
+WHERE of_stream = 'meter'
+UNION ALL
+SELECT *
+FROM (SELECT r.read_at, r.kwh_delivered_dc
+      FROM vehicle_readings AS r
+      WHERE r.vehicle_id = device AND r.read_at < before AND r.read_at >= not_before
+        AND r.read_at >= within_from AND r.read_at < within_to
+      ORDER BY r.read_at DESC
+      LIMIT 1) AS v
+WHERE of_stream = 'vehicle'
+$$;
+
 -- The hour rollups of one stream (`of_stream`, 'meter' or 'vehicle'), computed from its raw
 -- readings (rollups/queries.sql writes them to the stream's table). The readings are those of
 -- one of three sets, chosen by the arguments (the others NULL), each a branch of the UNION:
@@ -885,21 +601,8 @@ FROM (
     ) AS steps
     GROUP BY steps.device_id, steps.hour
 ) AS h
-LEFT JOIN LATERAL (
-    -- Not through stream_readings: over a UNION, ORDER BY … LIMIT 1 merges every partition's
-    -- newest row instead of reading the partitions newest first and stopping at the first.
-    (SELECT r.read_at, r.kwh_consumed_ac AS kwh
-     FROM meter_readings AS r
-     WHERE of_stream = 'meter' AND r.meter_id = h.device_id AND r.read_at < h.hour
-     ORDER BY r.read_at DESC
-     LIMIT 1)
-    UNION ALL
-    (SELECT r.read_at, r.kwh_delivered_dc
-     FROM vehicle_readings AS r
-     WHERE of_stream = 'vehicle' AND r.vehicle_id = h.device_id AND r.read_at < h.hour
-     ORDER BY r.read_at DESC
-     LIMIT 1)
-) AS p ON true
+LEFT JOIN LATERAL stream_reading_before(of_stream, h.device_id, h.hour, '-infinity',
+                                         '-infinity', 'infinity') AS p ON true
 $$;
 
 -- Both streams' hour rollups in one shape, as stream_readings for the readings: `sensor_sum`
@@ -907,11 +610,13 @@ $$;
 CREATE VIEW stream_rollups AS
 SELECT 'meter'::text AS stream, meter_id AS device_id, hour, readings, first_kwh, last_at,
        last_kwh, added_kwh, skipped, prev_at, joined_kwh, joined_skipped,
-       voltage_sum AS sensor_sum, NULL::real AS soc_min, NULL::real AS soc_max
+       voltage_sum AS sensor_sum, NULL::real AS soc_min, NULL::real AS soc_max, first_at,
+       prev_kwh
 FROM meter_rollups
 UNION ALL
 SELECT 'vehicle'::text, vehicle_id, hour, readings, first_kwh, last_at, last_kwh, added_kwh,
-       skipped, prev_at, joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max
+       skipped, prev_at, joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max,
+       first_at, prev_kwh
 FROM vehicle_rollups;
 
 -- The day rollups of one stream from its hour rollups of complete UTC days (rollups/queries.sql
@@ -960,4 +665,397 @@ FROM (
     WHERE touched.day + interval '1 day' <= rollups_rolled()
 ) AS u
 GROUP BY u.device_id, date_trunc('day', u.hour, 'UTC')
+$$;
+
+-- The repaired predecessor of each device's next rolled hour after the hours (devices[i],
+-- hours[i]) were redone: the device's reading before that rollup's hour, and the increment
+-- from it into the rollup's first reading (rollup_joined_kwh/_skipped). The statements of
+-- rollups/queries.sql write it to the stream's table.
+CREATE FUNCTION rollup_repairs(
+    of_stream text, devices text[], hours timestamptz[], interval_kwh boolean,
+    max_kw double precision
+) RETURNS TABLE (
+    device_id text, hour timestamptz, prev_at timestamptz, prev_kwh double precision,
+    joined_kwh double precision, joined_skipped smallint
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT u.device_id, u.hour, p.read_at, p.kwh,
+       coalesce(rollup_joined_kwh(u.first_at, u.first_kwh, p.read_at, p.kwh, max_kw,
+                                  interval_kwh), 0),
+       coalesce(rollup_joined_skipped(u.first_at, u.first_kwh, p.read_at, p.kwh, max_kw,
+                                      interval_kwh), 0::smallint)
+FROM (
+    SELECT DISTINCT d.device_id, n.hour
+    FROM unnest(devices, hours) AS d (device_id, hour)
+    CROSS JOIN LATERAL (
+        SELECT min(s.hour) AS hour
+        FROM stream_rollups AS s
+        WHERE s.stream = of_stream AND s.device_id = d.device_id AND s.hour > d.hour
+    ) AS n
+    WHERE n.hour IS NOT NULL
+) AS next
+JOIN stream_rollups AS u
+  ON u.stream = of_stream AND u.device_id = next.device_id AND u.hour = next.hour
+LEFT JOIN LATERAL stream_reading_before(of_stream, u.device_id, u.hour, '-infinity',
+                                        '-infinity', 'infinity') AS p ON true
+$$;
+
+-- Both streams' day rollups in one shape, as stream_rollups for the hour rollups (meters keep
+-- no sensor sum per day).
+CREATE VIEW stream_day_rollups AS
+SELECT 'meter'::text AS stream, meter_id AS device_id, day, readings, first_kwh, last_at,
+       last_kwh, added_kwh, skipped, prev_at, joined_kwh, joined_skipped,
+       NULL::float8 AS sensor_sum, NULL::real AS soc_min, NULL::real AS soc_max
+FROM meter_day_rollups
+UNION ALL
+SELECT 'vehicle'::text, vehicle_id, day, readings, first_kwh, last_at, last_kwh, added_kwh,
+       skipped, prev_at, joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max
+FROM vehicle_day_rollups;
+
+-- One device's readings in [from_at, to_at). The window functions read the hours not rolled
+-- up yet and the dirty hours through this: the bounds depend on the `rolled` watermark or on
+-- a dirty hour, and inlined into a statement such a bound either cannot prune partitions when
+-- the statement starts (a subquery's value) or is evaluated once per partition when it does
+-- (a function call: about 40 watermark lookups per scan, 1.6 ms of a 24 h report). Here the
+-- bounds are parameters of a plan PL/pgSQL keeps for the session, pruned when it starts. One
+-- query per stream rather than stream_readings: a kept (generic) plan of the view would carry
+-- and start both streams' scans.
+CREATE FUNCTION stream_readings_between(
+    of_stream text, device text, from_at timestamptz, to_at timestamptz
+) RETURNS TABLE (read_at timestamptz, kwh double precision, sensor real, soc real)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    IF of_stream = 'meter' THEN
+        RETURN QUERY
+        SELECT r.read_at, r.kwh_consumed_ac, r.voltage, NULL::real
+        FROM meter_readings AS r
+        WHERE r.meter_id = device AND r.read_at >= from_at AND r.read_at < to_at;
+    ELSE
+        RETURN QUERY
+        SELECT r.read_at, r.kwh_delivered_dc, r.battery_temp, r.soc
+        FROM vehicle_readings AS r
+        WHERE r.vehicle_id = device AND r.read_at >= from_at AND r.read_at < to_at;
+    END IF;
+END
+$$;
+
+-- Energy of one device of `of_stream` over [window_from, window_to): readings, counted kWh,
+-- skipped (implausible) increments, and for vehicles the sum of battery temperatures and the
+-- SoC range. Equal to energy_engine.energy.window_energy over the raw readings: a window is
+-- pieced together from the baseline reading, raw rows at its edges and in dirty hours, day
+-- rollups of whole clean days and hour rollups of the other whole clean hours; the
+-- increments between consecutive pieces follow the same rules as between raw readings.
+-- [outer_from, outer_to) encloses the window and is known when the query is planned (the
+-- caller's whole window, where window_from/to may be one assignment's or one step's part of
+-- it): repeated on every scan, it lets PostgreSQL prune the partitions outside it. A plain
+-- SQL function, inlined into the calling statement with `of_stream` a constant: only that
+-- stream's tables are read.
+CREATE FUNCTION stream_window_energy(
+    of_stream text, device text, window_from timestamptz, window_to timestamptz,
+    lookback interval, max_kw double precision, interval_kwh boolean,
+    outer_from timestamptz, outer_to timestamptz
+) RETURNS TABLE (
+    readings bigint, kwh double precision, skipped bigint, sensor_sum double precision,
+    soc_min real, soc_max real
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+WITH bounds AS MATERIALIZED (  -- once per call (OFFSET 0: the watermark read once)
+    SELECT hf, ht, rollup_days_from(hf, ht) AS df, rollup_days_to(hf, ht) AS dt,
+           (SELECT array_agg(d.hour ORDER BY d.hour)  -- NULL: no dirty hour
+            FROM rollup_dirty AS d
+            WHERE d.stream = of_stream AND d.device_id = device AND d.hour < b.ht)
+               AS dirty_before
+    FROM (SELECT window_hour_from(window_from) AS hf,
+                 window_hour_to(window_from, window_to) AS ht
+          OFFSET 0) AS b
+),
+dirty AS (
+    SELECT hour
+    FROM unnest((SELECT dirty_before FROM bounds)) AS hour
+    WHERE hour >= (SELECT hf FROM bounds)
+),
+-- Whether every rollup of the window can be trusted with its stored predecessor: the device
+-- has no dirty hour before the rolled part of the window ends (a late reading may precede a
+-- rollup's first reading more closely than its stored predecessor until the refresher redoes
+-- the hour). Nearly always true; otherwise each rollup is a piece of its own.
+settled AS (
+    SELECT (SELECT dirty_before FROM bounds) IS NULL AS yes
+),
+pieces AS (
+    SELECT b.read_at AS first_at, b.read_at AS last_at, b.kwh AS first_kwh, b.kwh AS last_kwh,
+           0::float8 AS added, 0::bigint AS skipped, 0::bigint AS readings,
+           0::float8 AS sensor_sum, NULL::real AS soc_min, NULL::real AS soc_max,
+           false AS counted, false AS joined_in
+    FROM stream_reading_before(of_stream, device, window_from, window_from - lookback,
+                               outer_from - lookback, outer_to) AS b
+    UNION ALL
+    -- the partial first hour
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.sensor, r.soc, r.soc, true, false
+    FROM stream_readings AS r
+    WHERE r.stream = of_stream AND r.device_id = device AND r.read_at >= window_from
+      AND r.read_at < least(window_hour_from(window_from), window_to)
+      AND r.read_at >= outer_from AND r.read_at < outer_to
+    UNION ALL
+    -- the hours not rolled up (yet), and the partial last hour
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.sensor, r.soc, r.soc, true, false
+    FROM bounds AS b
+    CROSS JOIN LATERAL stream_readings_between(of_stream, device, greatest(b.ht, window_from),
+                                               window_to) AS r
+    UNION ALL
+    -- the rolled hours, when settled: one piece summing every rollup with the increment into
+    -- its first reading from its stored predecessor (counted when within the window or the
+    -- baseline lookback, like a lag would), ordered by its start, ending with the last one
+    -- (The bounds are joined in, not read by scalar subqueries: called laterally, once per
+    -- step of a series, such a subquery in a scan below the stream views was evaluated once
+    -- for all calls on PostgreSQL 15 and 16, and every later step read the first one's
+    -- hours; test_series_steps_read_rollups_of_their_own_hours.)
+    SELECT window_hour_from(window_from), l.last_at, NULL, l.last_kwh, a.added, a.skipped,
+           a.readings, a.sensor_sum, a.soc_min, a.soc_max, true, true
+    FROM bounds AS b
+    CROSS JOIN LATERAL (
+        SELECT sum(u.added_kwh + window_joined_kwh(u.prev_at, u.joined_kwh, u.first_kwh,
+                                                   window_from - lookback, interval_kwh))
+                   AS added,
+               sum(u.skipped + window_joined_skipped(u.prev_at, u.joined_skipped,
+                                                     window_from - lookback)) AS skipped,
+               sum(u.readings) AS readings, sum(u.sensor_sum) AS sensor_sum,
+               min(u.soc_min) AS soc_min, max(u.soc_max) AS soc_max
+        FROM (  -- whole days from day rollups, the hours around them from hour rollups
+            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings,
+                   sensor_sum, soc_min, soc_max
+            FROM stream_rollups
+            WHERE stream = of_stream AND device_id = device AND hour >= b.hf AND hour < b.df
+            UNION ALL
+            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings,
+                   sensor_sum, soc_min, soc_max
+            FROM stream_day_rollups
+            WHERE stream = of_stream AND device_id = device AND day >= b.df AND day < b.dt
+            UNION ALL
+            SELECT added_kwh, skipped, prev_at, joined_kwh, joined_skipped, first_kwh, readings,
+                   sensor_sum, soc_min, soc_max
+            FROM stream_rollups
+            WHERE stream = of_stream AND device_id = device AND hour >= b.dt AND hour < b.ht
+        ) AS u
+        WHERE (SELECT yes FROM settled)
+        HAVING count(*) > 0
+    ) AS a
+    CROSS JOIN LATERAL (  -- the last rolled reading, for the next piece to join to
+        SELECT last_at, last_kwh
+        FROM stream_rollups
+        WHERE stream = of_stream AND device_id = device AND hour < b.ht
+        ORDER BY hour DESC
+        LIMIT 1
+    ) AS l
+    UNION ALL
+    -- otherwise: every clean rollup, and the raw rows of the dirty hours
+    SELECT u.first_at, u.last_at, u.first_kwh, u.last_kwh, u.added_kwh, u.skipped, u.readings,
+           u.sensor_sum, u.soc_min, u.soc_max, true, false
+    FROM bounds AS b
+    JOIN stream_rollups AS u
+      ON u.stream = of_stream AND u.device_id = device AND u.hour >= b.hf AND u.hour < b.ht
+    WHERE NOT (SELECT yes FROM settled)
+      AND NOT EXISTS (SELECT FROM dirty WHERE dirty.hour = u.hour)
+    UNION ALL
+    SELECT r.read_at, r.read_at, r.kwh, r.kwh, 0, 0, 1, r.sensor, r.soc, r.soc, true, false
+    FROM dirty AS d
+    CROSS JOIN LATERAL stream_readings_between(
+        of_stream, device, greatest(d.hour, window_from),
+        least(d.hour + interval '1 hour', window_to)) AS r
+),
+steps AS (
+    SELECT counted, added, skipped, readings, sensor_sum, soc_min, soc_max,
+           CASE WHEN NOT joined_in  -- the settled rollups' piece joined itself
+                THEN energy_increment(first_kwh, lag(last_kwh) OVER w, interval_kwh)
+           END AS joined,
+           CASE WHEN NOT joined_in
+                THEN EXTRACT(epoch FROM first_at - lag(last_at) OVER w)::float8
+           END AS seconds
+    FROM pieces
+    WINDOW w AS (ORDER BY first_at)
+)
+SELECT coalesce(sum(readings), 0)::bigint,
+       coalesce(sum(added), 0)
+           + coalesce(sum(joined) FILTER (WHERE seconds IS NULL
+                                             OR energy_plausible(joined, seconds, max_kw)), 0),
+       (coalesce(sum(skipped), 0)
+           + count(*) FILTER (WHERE NOT energy_plausible(joined, seconds, max_kw)))::bigint,
+       sum(sensor_sum),
+       min(soc_min),
+       max(soc_max)
+FROM steps
+WHERE counted
+$$;
+
+-- `stream_window_energy` for one meter assignment's part of a window, planned on its own.
+-- Inlined in a statement, the function's scans are bounded by the part's start and end only
+-- as values of the assignment row, which cannot prune partitions when the statement starts:
+-- every scan started on every partition of the enclosing window (EXPLAIN ANALYZE of a 30-day
+-- report: 125 partition scans started, 4 read). Here the bounds are parameters. Statements
+-- call it for the parts that do not cover the whole window (a meter switched inside it).
+-- Always the generic plan, which prunes partitions when it starts: left to choose, PL/pgSQL
+-- kept planning a custom plan for every call (the generic plan's estimate counts every
+-- partition), 1.3 ms a call against 0.17 ms (EXPLAIN ANALYZE of a fleet of 100 vehicles, 20
+-- of them switching meters).
+CREATE FUNCTION meter_segment_energy(
+    meter text, window_from timestamptz, window_to timestamptz,
+    lookback interval, max_kw double precision, interval_kwh boolean
+) RETURNS TABLE (readings bigint, kwh double precision, skipped bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET plan_cache_mode = force_generic_plan AS $$
+BEGIN
+    RETURN QUERY
+    SELECT e.readings, e.kwh, e.skipped
+    FROM stream_window_energy('meter', meter, window_from, window_to, lookback, max_kw,
+                              interval_kwh, window_from, window_to) AS e;
+END
+$$;
+
+-- Every device of `of_stream` over one window at once (the fleet ranking): per device its
+-- readings, counted kWh, skipped increments and sensor sum. The window is [window_from,
+-- window_to); [hours_from, hours_to) its rolled-up whole hours; [window_from, raw_to) its
+-- partial first hour; a predecessor before `baseline_from` is no baseline. The totals are
+-- pieced together from parts that each carry the reading before them, so the increment into
+-- a part is computed row by row, with no ordering of the parts:
+--  * rollups of devices without dirty hours (nearly all): their stored predecessor, summed per
+--    device by a (parallel) hash aggregate straight off the rollups' hour index;
+--  * rollups of devices with dirty hours: skipping the dirty hours, and looking the predecessor
+--    up for the next rolled hour after a dirty one (its stored one may be stale);
+--  * raw readings, in runs (the partial first hour, the hours not rolled up yet, each dirty
+--    hour): the previous reading of the run, or for a run's first reading, looked up.
+-- The increment into a part follows rollup_joined_kwh/_skipped, counted by
+-- window_joined_kwh/_skipped's baseline rule. Inlined into the calling statement with
+-- `of_stream` a constant, like stream_window_energy.
+CREATE FUNCTION stream_fleet_totals(
+    of_stream text, window_from timestamptz, window_to timestamptz, hours_from timestamptz,
+    hours_to timestamptz, raw_to timestamptz, max_kw double precision, interval_kwh boolean,
+    baseline_from timestamptz
+) RETURNS TABLE (
+    device text, readings bigint, kwh double precision, skipped bigint,
+    sensor_sum double precision
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+WITH
+-- Whole UTC days come from day rollups, the hours around them from hour rollups.
+settled AS (
+    SELECT u.device_id AS device, sum(u.readings) AS readings,
+           sum(u.added_kwh + window_joined_kwh(u.prev_at, u.joined_kwh, u.first_kwh,
+                                               baseline_from, interval_kwh)) AS kwh,
+           sum(u.skipped + window_joined_skipped(u.prev_at, u.joined_skipped, baseline_from))
+               AS skipped,
+           sum(u.sensor_sum) AS sensor_sum
+    FROM (
+        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+               joined_skipped, sensor_sum
+        FROM stream_rollups
+        WHERE stream = of_stream AND hour >= hours_from
+          AND hour < rollup_days_from(hours_from, hours_to)
+        UNION ALL
+        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+               joined_skipped, sensor_sum
+        FROM stream_day_rollups
+        WHERE stream = of_stream AND day >= rollup_days_from(hours_from, hours_to)
+          AND day < rollup_days_to(hours_from, hours_to)
+        UNION ALL
+        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+               joined_skipped, sensor_sum
+        FROM stream_rollups
+        WHERE stream = of_stream AND hour >= rollup_days_to(hours_from, hours_to)
+          AND hour < hours_to
+    ) AS u
+    GROUP BY u.device_id
+),
+dirty AS MATERIALIZED (
+    SELECT device_id AS device, hour
+    FROM rollup_dirty
+    WHERE stream = of_stream AND hour < hours_to
+),
+-- The next rolled hour after a dirty one: its stored predecessor may be stale.
+suspect AS MATERIALIZED (
+    SELECT DISTINCT d.device, n.hour
+    FROM dirty AS d
+    CROSS JOIN LATERAL (
+        SELECT min(u.hour) AS hour
+        FROM stream_rollups AS u
+        WHERE u.stream = of_stream AND u.device_id = d.device AND u.hour > d.hour
+    ) AS n
+    WHERE n.hour >= hours_from AND n.hour < hours_to
+      AND NOT EXISTS (SELECT FROM dirty AS o WHERE o.device = d.device AND o.hour = n.hour)
+),
+unsettled_pieces AS (
+    SELECT u.device_id AS device, u.first_at, u.first_kwh, u.prev_at, u.prev_kwh,
+           u.added_kwh AS added, u.skipped, u.readings, u.sensor_sum
+    FROM stream_rollups AS u
+    WHERE u.stream = of_stream AND u.hour >= hours_from AND u.hour < hours_to
+      AND u.device_id IN (SELECT device FROM dirty)
+      AND NOT EXISTS (SELECT FROM dirty AS d WHERE d.device = u.device_id AND d.hour = u.hour)
+      AND NOT EXISTS (SELECT FROM suspect AS s
+                      WHERE s.device = u.device_id AND s.hour = u.hour)
+    UNION ALL
+    SELECT u.device_id, u.first_at, u.first_kwh, p.read_at, p.kwh, u.added_kwh, u.skipped,
+           u.readings, u.sensor_sum
+    FROM suspect AS s
+    JOIN stream_rollups AS u
+      ON u.stream = of_stream AND u.device_id = s.device AND u.hour = s.hour
+    LEFT JOIN LATERAL stream_reading_before(of_stream, u.device_id, u.hour, baseline_from,
+                                            baseline_from, window_to) AS p ON true
+),
+raw AS (
+    SELECT r.device_id AS device, r.read_at, r.kwh, r.sensor::float8 AS sensor,
+           window_from AS run
+    FROM stream_readings AS r
+    WHERE r.stream = of_stream AND r.read_at >= window_from AND r.read_at < raw_to
+    UNION ALL
+    SELECT r.device_id, r.read_at, r.kwh, r.sensor::float8, hours_to
+    FROM stream_readings AS r
+    WHERE r.stream = of_stream AND r.read_at >= hours_to AND r.read_at < window_to
+    UNION ALL
+    SELECT r.device_id, r.read_at, r.kwh, r.sensor::float8, d.hour
+    FROM dirty AS d
+    JOIN stream_readings AS r
+      ON r.stream = of_stream AND r.device_id = d.device AND r.read_at >= d.hour
+     AND r.read_at < d.hour + interval '1 hour'
+    WHERE d.hour >= hours_from AND r.read_at >= hours_from AND r.read_at < hours_to
+),
+raw_lags AS (
+    SELECT device, read_at, kwh, sensor, run,
+           lag(read_at) OVER w AS prev_at, lag(kwh) OVER w AS prev_kwh
+    FROM raw
+    WINDOW w AS (PARTITION BY device, run ORDER BY read_at)
+),
+pieces AS (
+    SELECT device, first_at, first_kwh, prev_at, prev_kwh, added, skipped, readings, sensor_sum
+    FROM unsettled_pieces
+    UNION ALL
+    SELECT device, read_at, kwh, prev_at, prev_kwh, 0, 0, 1, sensor
+    FROM raw_lags
+    WHERE prev_at IS NOT NULL
+    UNION ALL
+    SELECT l.device, l.read_at, l.kwh, p.read_at, p.kwh, 0, 0, 1, l.sensor
+    FROM raw_lags AS l
+    LEFT JOIN LATERAL stream_reading_before(of_stream, l.device, l.run, baseline_from,
+                                            baseline_from, window_to) AS p ON true
+    WHERE l.prev_at IS NULL
+)
+SELECT device, sum(readings)::bigint, sum(kwh), sum(skipped)::bigint, sum(sensor_sum)
+FROM (
+    -- Devices with dirty hours are left out after summing: cheaper than testing each rollup
+    -- with an anti join.
+    SELECT * FROM settled
+    WHERE device NOT IN (SELECT device FROM dirty)
+    UNION ALL
+    SELECT device, sum(readings) AS readings,
+           sum(added + window_joined_kwh(
+                   prev_at,
+                   rollup_joined_kwh(first_at, first_kwh, prev_at, prev_kwh, max_kw,
+                                     interval_kwh),
+                   first_kwh, baseline_from, interval_kwh)) AS kwh,
+           sum(skipped + window_joined_skipped(
+                   prev_at,
+                   rollup_joined_skipped(first_at, first_kwh, prev_at, prev_kwh, max_kw,
+                                         interval_kwh),
+                   baseline_from)) AS skipped,
+           sum(sensor_sum) AS sensor_sum
+    FROM pieces
+    GROUP BY device
+) AS parts
+GROUP BY device
 $$;

@@ -51,58 +51,21 @@ ON CONFLICT (vehicle_id, hour) DO UPDATE SET
 -- A late reading may precede the first reading of its device's next rolled hour more closely
 -- than that rollup's `prev_at` does: after redoing dirty hours ($1 devices, $2 hours), the next
 -- rollup of each device names its predecessor again, and the increment from it ($3 interval
--- semantics, $4 max power kW). Returns the repaired rollups: their days change too.
+-- semantics, $4 max power kW; rollup_repairs in migrations/0001_baseline.sql). Returns the
+-- repaired rollups: their days change too.
 UPDATE meter_rollups AS u
-SET prev_at = p.read_at, prev_kwh = p.kwh_consumed_ac,
-    joined_kwh = coalesce(
-        rollup_joined_kwh(u.first_at, u.first_kwh, p.read_at, p.kwh_consumed_ac, $4, $3), 0),
-    joined_skipped = coalesce(
-        rollup_joined_skipped(u.first_at, u.first_kwh, p.read_at, p.kwh_consumed_ac, $4, $3), 0)
-FROM (
-    SELECT DISTINCT d.device_id, n.hour
-    FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
-    CROSS JOIN LATERAL (
-        SELECT min(hour) AS hour
-        FROM meter_rollups
-        WHERE meter_id = d.device_id AND hour > d.hour
-    ) AS n
-    WHERE n.hour IS NOT NULL
-) AS next
-LEFT JOIN LATERAL (
-    SELECT read_at, kwh_consumed_ac
-    FROM meter_readings
-    WHERE meter_id = next.device_id AND read_at < next.hour
-    ORDER BY read_at DESC
-    LIMIT 1
-) AS p ON true
-WHERE u.meter_id = next.device_id AND u.hour = next.hour
+SET prev_at = r.prev_at, prev_kwh = r.prev_kwh, joined_kwh = r.joined_kwh,
+    joined_skipped = r.joined_skipped
+FROM rollup_repairs('meter', $1, $2, $3, $4) AS r
+WHERE u.meter_id = r.device_id AND u.hour = r.hour
 RETURNING u.meter_id AS device_id, u.hour;
 
 -- name: repair_next_vehicle
 UPDATE vehicle_rollups AS u
-SET prev_at = p.read_at, prev_kwh = p.kwh_delivered_dc,
-    joined_kwh = coalesce(
-        rollup_joined_kwh(u.first_at, u.first_kwh, p.read_at, p.kwh_delivered_dc, $4, $3), 0),
-    joined_skipped = coalesce(
-        rollup_joined_skipped(u.first_at, u.first_kwh, p.read_at, p.kwh_delivered_dc, $4, $3), 0)
-FROM (
-    SELECT DISTINCT d.device_id, n.hour
-    FROM unnest($1::text[], $2::timestamptz[]) AS d (device_id, hour)
-    CROSS JOIN LATERAL (
-        SELECT min(hour) AS hour
-        FROM vehicle_rollups
-        WHERE vehicle_id = d.device_id AND hour > d.hour
-    ) AS n
-    WHERE n.hour IS NOT NULL
-) AS next
-LEFT JOIN LATERAL (
-    SELECT read_at, kwh_delivered_dc
-    FROM vehicle_readings
-    WHERE vehicle_id = next.device_id AND read_at < next.hour
-    ORDER BY read_at DESC
-    LIMIT 1
-) AS p ON true
-WHERE u.vehicle_id = next.device_id AND u.hour = next.hour
+SET prev_at = r.prev_at, prev_kwh = r.prev_kwh, joined_kwh = r.joined_kwh,
+    joined_skipped = r.joined_skipped
+FROM rollup_repairs('vehicle', $1, $2, $3, $4) AS r
+WHERE u.vehicle_id = r.device_id AND u.hour = r.hour
 RETURNING u.vehicle_id AS device_id, u.hour;
 
 -- name: roll_meter_days
