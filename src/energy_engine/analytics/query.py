@@ -32,6 +32,16 @@ def resolve_window(
     return start, end
 
 
+def coverage(start: datetime, settings: Settings) -> tuple[datetime | None, bool]:
+    """`historyFrom` and `partial` of a report starting at `start`: since when raw history is
+    kept (None without a retention period), and whether the window starts before that.
+    Settings and the clock only: no query on the report's path."""
+    if settings.history_retention is None:
+        return None, False
+    kept_from = datetime.now(UTC) - settings.history_retention
+    return kept_from, start < kept_from
+
+
 @dataclass(frozen=True, slots=True)
 class FleetQuery:
     """What a fleet page is cut from; a cursor carries it to the next page."""
