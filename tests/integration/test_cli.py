@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -96,3 +98,53 @@ def test_the_real_process_prints_no_traceback() -> None:
     assert done.stderr == (
         "error: cannot reach PostgreSQL at 127.0.0.1:1 (connection refused); check DATABASE_URL\n"
     )
+
+
+RETENTION = {"ENERGY_HISTORY_RETENTION": "P20D", "ENERGY_MAX_READING_AGE": "P10D"}
+PARTITIONS = """
+SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent IN ('meter_readings'::regclass, 'vehicle_readings'::regclass)
+"""
+CATALOG = "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+
+
+def _names(database_url: str, query: str) -> set[str]:
+    async def fetch() -> set[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return {row[0] for row in await conn.fetch(query)}
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def test_retention_dry_run_lists_what_would_go_and_a_round_drops_it(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url, **RETENTION}
+    catalog = _names(database_url, CATALOG)
+    partitions = _names(database_url, PARTITIONS)
+
+    dry = CliRunner().invoke(cli, ["retention", "--dry-run"], env=env)
+
+    assert dry.exit_code == 0, dry.output
+    assert _names(database_url, CATALOG) == catalog
+    listed = set(re.findall(r"^  (\w+_readings_p\d{8})  ", dry.stdout, re.MULTILINE))
+    assert listed and listed < partitions
+    total = re.search(r"^would drop (\d+) partitions, ([\d,]+) bytes", dry.stdout, re.MULTILINE)
+    assert total is not None and int(total[1]) == len(listed) and int(total[2].replace(",", ""))
+    assert "rollup retention: not set" in dry.stdout
+
+    done = CliRunner().invoke(cli, ["retention"], env=env)
+
+    assert done.exit_code == 0, done.output
+    assert f"dropped {len(listed)} partitions" in done.stdout
+    assert _names(database_url, PARTITIONS) == partitions - listed
+
+
+def test_retention_without_a_period_drops_nothing(database_url: str) -> None:
+    partitions = _names(database_url, PARTITIONS)
+    result = CliRunner().invoke(cli, ["retention"], env={"DATABASE_URL": database_url})
+    assert result.exit_code == 0, result.output
+    assert "history retention: not set" in result.stdout
+    assert "dropped 0 partitions, 0 bytes" in result.stdout
+    assert _names(database_url, PARTITIONS) == partitions
