@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -254,7 +255,7 @@ async def test_a_drop_waits_briefly_for_a_locked_table_and_the_next_round_retrie
     ],
 )
 def test_retention_settings_that_would_lose_data_silently_are_refused(
-    fields: dict[str, timedelta], complaint: str
+    fields: dict[str, Any], complaint: str
 ) -> None:
     with pytest.raises(ValidationError, match=complaint):
         Settings(_env_file=None, **fields)
