@@ -218,7 +218,14 @@ async def maintain(pool: Pool, settings: Settings, now: datetime) -> Round | Non
         try:
             return await _work(conn, settings, now)
         finally:
-            await conn.execute(queries.unlock, MAINTENANCE_LOCK_KEY)
+            try:
+                await conn.execute(queries.unlock, MAINTENANCE_LOCK_KEY)
+            except BaseException:
+                # The pools do not reset sessions (db._keep_session): a connection that may
+                # still hold the lock must not go back to the pool, where it would keep every
+                # other process from maintenance until it was closed.
+                conn.terminate()
+                raise
 
 
 async def last_run(conn: Connection) -> LastRun | None:
