@@ -49,7 +49,7 @@ async def performance_body(
     if found is None:
         raise not_found("vehicle", vehicle_id)
     summary = summarize(figures(vehicle_id, found, settings))
-    history_from, partial = coverage(start, settings)
+    history_from, partial = coverage(start, end, settings)
     report = PerformanceReport(
         **dict(summary), from_=start, to=end, history_from=history_from, partial=partial
     )

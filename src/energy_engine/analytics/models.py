@@ -49,8 +49,10 @@ def _history_from() -> Any:
 
 def _partial() -> Any:
     return Field(
-        description="true when the window starts before historyFrom: readings older than "
-        "that were dropped by retention, so the figures cover only what is kept"
+        description="true when the answer needs data that retention dropped, so the figures "
+        "cover only what is kept: raw readings before historyFrom (the parts of the window's "
+        "first and last hour off the hour; whole UTC hours come from rollups) or rollups "
+        "older than ENERGY_ROLLUP_RETENTION"
     )
 
 

@@ -123,7 +123,7 @@ async def vehicle_series(
                 readings=StreamCounts(vehicle=s.found.dc.readings, meter=s.found.meter_readings),
             )
         )
-    history_from, partial = coverage(start, settings)
+    history_from, partial = coverage(start, end, settings)
     return _json(
         PerformanceSeries(
             vehicle_id=vehicle_id,
@@ -174,7 +174,7 @@ async def fleet_performance(
     ranking = rank(numbers, query, after, limit, settings)
     page = [figures(key[2], numbers[key[2]], settings) for key in ranking.keys[:limit]]
     last = page[-1] if page else None
-    history_from, partial = coverage(query.start, settings)
+    history_from, partial = coverage(query.start, query.end, settings)
     return _json(
         FleetReport(
             from_=query.start,
