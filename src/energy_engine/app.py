@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 async def _maintain(pool: db.Pool, settings: Settings) -> None:
     """Keep the next days' partitions in place (so ingest never takes the on-demand path) and
     apply retention; every process runs the loop, one at a time does a round's work."""
+    # Start-up has just created the partitions. With a retention period the first round runs
+    # at once: processes restarted more often than the interval would otherwise never apply it.
+    wait = settings.history_retention is None
     while True:
-        await asyncio.sleep(settings.partition_upkeep_every.total_seconds())
+        if wait:
+            await asyncio.sleep(settings.partition_upkeep_every.total_seconds())
+        wait = True
         try:
             await maintenance.maintain(pool, settings, datetime.now(UTC))
         except Exception as exc:  # the next round retries; ingest creates partitions on demand

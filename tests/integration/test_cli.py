@@ -148,3 +148,35 @@ def test_retention_without_a_period_drops_nothing(database_url: str) -> None:
     assert "history retention: not set" in result.stdout
     assert "dropped 0 partitions, 0 bytes" in result.stdout
     assert _names(database_url, PARTITIONS) == partitions
+
+
+def test_retention_refuses_while_another_process_holds_the_maintenance_lock(
+    database_url: str,
+) -> None:
+    from energy_engine.lifecycle.maintenance import MAINTENANCE_LOCK_KEY
+
+    # The other process: a session on its own event loop, holding the lock while the command,
+    # on another loop, runs.
+    loop = asyncio.new_event_loop()
+    other = loop.run_until_complete(asyncpg.connect(database_url))
+    try:
+        loop.run_until_complete(other.execute("SELECT pg_advisory_lock($1)", MAINTENANCE_LOCK_KEY))
+        partitions = _names(database_url, PARTITIONS)
+        result = _invoke(["retention"], database_url)
+        assert result.exit_code == 1
+        assert result.stderr == "error: another process is running a maintenance round; try again\n"
+        assert _names(database_url, PARTITIONS) == partitions
+    finally:
+        loop.run_until_complete(other.close())
+        loop.close()
+
+
+def test_retention_works_on_the_embedded_postgres(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "", "ENERGY_DATA_DIR": str(tmp_path / "data"), **RETENTION}
+    done = CliRunner().invoke(cli, ["retention"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "dropped 0 partitions" in done.stdout  # a new database holds nothing that old
+    dry = CliRunner().invoke(cli, ["retention", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "would drop 0 partitions, 0 bytes" in dry.stdout
+    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").read_text().strip() == "16"

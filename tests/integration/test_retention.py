@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from energy_engine import db
+from energy_engine.app import create_app
 from energy_engine.lifecycle import maintenance
 from energy_engine.settings import Settings
 from tests.conftest import MakeSettings
@@ -259,3 +260,18 @@ def test_retention_settings_that_would_lose_data_silently_are_refused(
 ) -> None:
     with pytest.raises(ValidationError, match=complaint):
         Settings(_env_file=None, **fields)
+
+
+async def test_a_serving_engine_applies_retention_at_start_and_records_it(
+    make_settings: MakeSettings, conn: asyncpg.Connection
+) -> None:
+    settings = _retaining(make_settings)
+    doomed = {name for name in await _partitions(conn) if _past(name, datetime.now(UTC) - HISTORY)}
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + 10
+        while (last := await maintenance.last_run(conn)) is None:
+            assert time.monotonic() < deadline, "no maintenance round at start"
+            await asyncio.sleep(0.02)
+    assert last.partitions_dropped == len(doomed) > 0
+    assert not doomed & await _partitions(conn)
