@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import typer
 import uvicorn
 from pydantic import ValidationError
@@ -173,9 +174,15 @@ def retention(
     async def run(url: str) -> maintenance.Plan | maintenance.Round | None:
         pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
         try:
-            if dry_run:
+            if dry_run:  # reads the catalog and the rollup tables, migrates nothing
                 async with pool.acquire() as conn:
-                    return await maintenance.plan(conn, settings, now)
+                    try:
+                        return await maintenance.plan(conn, settings, now)
+                    except asyncpg.UndefinedTableError:
+                        typer.echo(
+                            "error: the database has no schema yet: nothing to drop", err=True
+                        )
+                        raise typer.Exit(1) from None
             return await maintenance.maintain(pool, settings, now)
         finally:
             await pool.close()

@@ -6,6 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from energy_engine.cli import cli
-from tests.conftest import with_database
+from tests.conftest import admin, with_database
 
 REFUSED = "postgresql://engine@127.0.0.1:1/energy"  # nothing listens on port 1
 
@@ -180,3 +181,17 @@ def test_retention_works_on_the_embedded_postgres(tmp_path: Path) -> None:
     assert dry.exit_code == 0, dry.output
     assert "would drop 0 partitions, 0 bytes" in dry.stdout
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").read_text().strip() == "16"
+
+
+def test_a_dry_run_on_a_database_without_schema_is_one_line(postgres_url: str) -> None:
+    name = f"retention_empty_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    try:
+        env = {"DATABASE_URL": with_database(postgres_url, name), **RETENTION}
+        env["ENERGY_ROLLUP_RETENTION"] = "P30D"
+        result = CliRunner().invoke(cli, ["retention", "--dry-run"], env=env)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == "error: the database has no schema yet: nothing to drop\n"
+        assert _names(with_database(postgres_url, name), CATALOG) == set()
+    finally:
+        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
