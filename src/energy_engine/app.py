@@ -7,17 +7,22 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import orjson
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from energy_engine import __version__, db
 from energy_engine.asgi import BodyLimit
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
+from energy_engine.lifecycle import maintenance
 from energy_engine.rollups import store as rollups
 from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi
 from energy_engine.settings import Settings
@@ -25,15 +30,20 @@ from energy_engine.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def _maintain_partitions(pool: db.Pool, settings: Settings) -> None:
-    """Keep the next days' partitions in place so ingest never takes the on-demand path."""
+async def _maintain(pool: db.Pool, settings: Settings) -> None:
+    """Keep the next days' partitions in place (so ingest never takes the on-demand path) and
+    apply retention; every process runs the loop, one at a time does a round's work."""
+    # Start-up has just created the partitions. With a retention period the first round runs
+    # at once: processes restarted more often than the interval would otherwise never apply it.
+    wait = settings.history_retention is None
     while True:
-        await asyncio.sleep(settings.partition_upkeep_every.total_seconds())
+        if wait:
+            await asyncio.sleep(settings.partition_upkeep_every.total_seconds())
+        wait = True
         try:
-            async with pool.acquire() as conn:
-                await db.ensure_partitions_ahead(conn, settings)
-        except Exception as exc:  # the next round retries; ingest creates them on demand anyway
-            _log_failure("partition maintenance", exc)
+            await maintenance.maintain(pool, settings, datetime.now(UTC))
+        except Exception as exc:  # the next round retries; ingest creates partitions on demand
+            _log_failure("maintenance", exc)
 
 
 async def _refresh_rollups(pool: db.Pool, settings: Settings) -> None:
@@ -79,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
                 writer.start()
                 app.state.writer = writer
                 background = [
-                    asyncio.create_task(_maintain_partitions(pool, settings)),
+                    asyncio.create_task(_maintain(pool, settings)),
                     asyncio.create_task(_refresh_rollups(pool, settings)),
                 ]
                 yield
@@ -98,6 +108,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Smart-meter and EV telemetry: ingestion, live status, charging efficiency.",
         lifespan=lifespan,
+        # FastAPI's own pages load their scripts from a CDN: /docs is served offline below,
+        # and ReDoc, which no installed package ships, is left out.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -133,8 +147,30 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, f"{pending} migrations pending")
         return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
+    _install_docs(app)
     app.openapi = lambda: openapi(app, LEAN_ROUTES)  # type: ignore[method-assign]
     return app
+
+
+# Swagger UI's files, from the swagger-ui-bundle-v2 wheel (maintained by the spec-first
+# maintainers of swagger-ui-bundle, which stopped at Swagger UI 4): /docs needs no internet.
+# Wherever /docs is open, this prefix must be open too (the page loads its script from it).
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """GET /docs (Swagger UI) and its assets, served by the engine itself."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=Path(str(swagger_ui_path))), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def app_from_environment() -> FastAPI:

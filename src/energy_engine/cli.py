@@ -1,4 +1,4 @@
-"""The `energy-engine` command: serve the API, apply migrations."""
+"""The `energy-engine` command: serve the API, apply migrations, apply retention."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import os
 import signal
 import sys
 import warnings
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import typer
 import uvicorn
 from pydantic import ValidationError
 
 from energy_engine import db, server
 from energy_engine.app import create_app
+from energy_engine.bounds import duration_text
+from energy_engine.lifecycle import maintenance
 from energy_engine.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -148,6 +152,83 @@ def migrate() -> None:
         outcome = _prepare(url, settings)
     typer.echo(f"migrations applied: {outcome['applied'] or 'none pending'}")
     typer.echo(f"partitions created: {outcome['partitions_created']}")
+
+
+@cli.command()
+def retention(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go, change nothing.")
+    ] = False,
+) -> None:
+    """Run one maintenance round now: partitions ahead and retention; or, with --dry-run, list
+    the history partitions and rollups it would remove and the bytes that frees.
+
+    History is kept for ENERGY_HISTORY_RETENTION (unset: forever); day partitions wholly older
+    are dropped. Rollups are kept for ENERGY_ROLLUP_RETENTION (unset: forever). `serve` runs
+    the same round every ENERGY_PARTITION_UPKEEP_EVERY, one process at a time.
+    """
+    settings = _settings()
+    _check_database(settings)
+    now = datetime.now(UTC)
+
+    async def run(url: str) -> maintenance.Plan | maintenance.Round | None:
+        pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
+        try:
+            if dry_run:  # reads the catalog and the rollup tables, migrates nothing
+                async with pool.acquire() as conn:
+                    try:
+                        return await maintenance.plan(conn, settings, now)
+                    except asyncpg.UndefinedTableError:
+                        typer.echo(
+                            "error: the database has no schema yet: nothing to drop", err=True
+                        )
+                        raise typer.Exit(1) from None
+            return await maintenance.maintain(pool, settings, now)
+        finally:
+            await pool.close()
+
+    with db.database_url(settings) as url:
+        if not dry_run:
+            _prepare(url, settings)  # the round records itself in a table a migration makes
+        outcome = asyncio.run(run(url))
+    if outcome is None:
+        typer.echo("error: another process is running a maintenance round; try again", err=True)
+        raise typer.Exit(1)
+    _report_retention(settings, outcome)
+
+
+def _report_retention(settings: Settings, outcome: maintenance.Plan | maintenance.Round) -> None:
+    """A dry run's plan or a round's outcome, one line per partition and a total."""
+    if settings.history_retention is None:
+        typer.echo("history retention: not set (ENERGY_HISTORY_RETENTION): history is kept")
+    else:
+        typer.echo(
+            f"history retention: {duration_text(settings.history_retention)}: day partitions "
+            f"wholly before {outcome.history_cutoff:%Y-%m-%dT%H:%M:%SZ} go"
+        )
+    dry = isinstance(outcome, maintenance.Plan)
+    partitions = outcome.partitions if isinstance(outcome, maintenance.Plan) else outcome.dropped
+    for p in partitions:
+        rows = "?" if p.rows_estimate is None else f"{p.rows_estimate:,}"
+        typer.echo(
+            f"  {p.name}  {p.range_from:%Y-%m-%dT%H:%MZ} .. {p.range_to:%Y-%m-%dT%H:%MZ}  "
+            f"~{rows} rows  {p.bytes:,} bytes"
+        )
+    verb = "would drop" if dry else "dropped"
+    freed = outcome.bytes if isinstance(outcome, maintenance.Plan) else outcome.bytes_freed
+    typer.echo(f"{verb} {len(partitions)} partitions, {freed:,} bytes ({freed / 2**20:.1f} MiB)")
+    if isinstance(outcome, maintenance.Round) and outcome.postponed:
+        typer.echo(f"postponed (table locked, next round): {', '.join(outcome.postponed)}")
+    if settings.rollup_retention is None:
+        typer.echo("rollup retention: not set (ENERGY_ROLLUP_RETENTION): rollups are kept")
+    elif isinstance(outcome, maintenance.Plan):
+        counts = ", ".join(f"{table} {n:,}" for table, n in outcome.rollups.items())
+        typer.echo(
+            f"rollups wholly before {outcome.rollup_cutoff:%Y-%m-%dT%H:%M:%SZ} would be "
+            f"deleted: {counts}"
+        )
+    else:
+        typer.echo(f"rollups deleted: {outcome.rollups_deleted:,}")
 
 
 @cli.command("import")

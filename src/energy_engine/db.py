@@ -100,7 +100,8 @@ async def _keep_session(conn: Connection) -> None:
     CLOSE ALL; UNLISTEN *; RESET ALL` on every release, a round trip per request: py-spy put 15 %
     of the engine's time under analytics load there. The engine leaves no session state behind:
     settings are `SET LOCAL` or given at connect, advisory locks are transaction-scoped (the
-    migration lock is released in a `finally`), and nothing listens or keeps a cursor."""
+    migration and maintenance locks are released in a `finally`), and nothing listens or keeps a
+    cursor."""
 
 
 # --- Bounded database work (hardening) -------------------------------------------------------

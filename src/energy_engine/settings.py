@@ -73,10 +73,20 @@ class Settings(BaseSettings):
     rollup_grace: timedelta = timedelta(minutes=2)
     rollup_refresh_every: timedelta = timedelta(seconds=30)
 
-    # Partitions are created this many days ahead by start-up and by the maintenance task,
-    # which runs this often.
+    # Partitions are created this many days ahead by start-up and by the maintenance loop,
+    # which runs this often (lifecycle.maintenance, one process at a time).
     partition_days_ahead: PositiveInt = 3
     partition_upkeep_every: timedelta = Field(default=timedelta(hours=1), gt=timedelta(0))
+
+    # Retention (lifecycle.maintenance). None keeps everything. The maintenance loop drops the
+    # day partitions of history that lie wholly before now - history_retention, and deletes
+    # hour and day rollups wholly before now - rollup_retention (None: kept).
+    history_retention: timedelta | None = None
+    rollup_retention: timedelta | None = None
+    # How long a partition drop waits for its table lock (DROP takes an ACCESS EXCLUSIVE lock on
+    # the partitioned table, and ingest queues behind a waiting DROP); a drop that times out is
+    # retried at the next round.
+    retention_lock_timeout: timedelta = Field(default=timedelta(seconds=1), gt=timedelta(0))
 
     # Database bounds (hardening): no request waits on PostgreSQL without a limit.
     # Each statement of the request pool (reads, assignments) is cancelled by PostgreSQL after
@@ -111,6 +121,19 @@ class Settings(BaseSettings):
     def _thresholds_ordered(self) -> Settings:
         if self.warning_efficiency > self.healthy_efficiency:
             raise ValueError("warning_efficiency must not exceed healthy_efficiency")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_ordered(self) -> Settings:
+        # Ingest accepts readings up to max_reading_age old and creates their partitions: a
+        # shorter retention would drop the days it still writes to. Readers take hours before
+        # the `rolled` watermark from rollups, so rollups must outlive the raw rows they
+        # summarise, or a window would silently lose them while history still holds them.
+        history, rollups = self.history_retention, self.rollup_retention
+        if history is not None and history < self.max_reading_age:
+            raise ValueError("history_retention must be at least max_reading_age")
+        if rollups is not None and (history is None or rollups < history):
+            raise ValueError("rollup_retention needs a history_retention and must not be shorter")
         return self
 
     @property

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 from typer.testing import CliRunner, Result
 
 from energy_engine.cli import cli
-from tests.conftest import with_database
+from tests.conftest import admin, with_database
 
 REFUSED = "postgresql://engine@127.0.0.1:1/energy"  # nothing listens on port 1
 
@@ -96,3 +99,99 @@ def test_the_real_process_prints_no_traceback() -> None:
     assert done.stderr == (
         "error: cannot reach PostgreSQL at 127.0.0.1:1 (connection refused); check DATABASE_URL\n"
     )
+
+
+RETENTION = {"ENERGY_HISTORY_RETENTION": "P20D", "ENERGY_MAX_READING_AGE": "P10D"}
+PARTITIONS = """
+SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent IN ('meter_readings'::regclass, 'vehicle_readings'::regclass)
+"""
+CATALOG = "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+
+
+def _names(database_url: str, query: str) -> set[str]:
+    async def fetch() -> set[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return {row[0] for row in await conn.fetch(query)}
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def test_retention_dry_run_lists_what_would_go_and_a_round_drops_it(database_url: str) -> None:
+    env = {"DATABASE_URL": database_url, **RETENTION}
+    catalog = _names(database_url, CATALOG)
+    partitions = _names(database_url, PARTITIONS)
+
+    dry = CliRunner().invoke(cli, ["retention", "--dry-run"], env=env)
+
+    assert dry.exit_code == 0, dry.output
+    assert _names(database_url, CATALOG) == catalog
+    listed = set(re.findall(r"^  (\w+_readings_p\d{8})  ", dry.stdout, re.MULTILINE))
+    assert listed and listed < partitions
+    total = re.search(r"^would drop (\d+) partitions, ([\d,]+) bytes", dry.stdout, re.MULTILINE)
+    assert total is not None and int(total[1]) == len(listed) and int(total[2].replace(",", ""))
+    assert "rollup retention: not set" in dry.stdout
+
+    done = CliRunner().invoke(cli, ["retention"], env=env)
+
+    assert done.exit_code == 0, done.output
+    assert f"dropped {len(listed)} partitions" in done.stdout
+    assert _names(database_url, PARTITIONS) == partitions - listed
+
+
+def test_retention_without_a_period_drops_nothing(database_url: str) -> None:
+    partitions = _names(database_url, PARTITIONS)
+    result = CliRunner().invoke(cli, ["retention"], env={"DATABASE_URL": database_url})
+    assert result.exit_code == 0, result.output
+    assert "history retention: not set" in result.stdout
+    assert "dropped 0 partitions, 0 bytes" in result.stdout
+    assert _names(database_url, PARTITIONS) == partitions
+
+
+def test_retention_refuses_while_another_process_holds_the_maintenance_lock(
+    database_url: str,
+) -> None:
+    from energy_engine.lifecycle.maintenance import MAINTENANCE_LOCK_KEY
+
+    # The other process: a session on its own event loop, holding the lock while the command,
+    # on another loop, runs.
+    loop = asyncio.new_event_loop()
+    other = loop.run_until_complete(asyncpg.connect(database_url))
+    try:
+        loop.run_until_complete(other.execute("SELECT pg_advisory_lock($1)", MAINTENANCE_LOCK_KEY))
+        partitions = _names(database_url, PARTITIONS)
+        result = _invoke(["retention"], database_url)
+        assert result.exit_code == 1
+        assert result.stderr == "error: another process is running a maintenance round; try again\n"
+        assert _names(database_url, PARTITIONS) == partitions
+    finally:
+        loop.run_until_complete(other.close())
+        loop.close()
+
+
+def test_retention_works_on_the_embedded_postgres(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "", "ENERGY_DATA_DIR": str(tmp_path / "data"), **RETENTION}
+    done = CliRunner().invoke(cli, ["retention"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "dropped 0 partitions" in done.stdout  # a new database holds nothing that old
+    dry = CliRunner().invoke(cli, ["retention", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "would drop 0 partitions, 0 bytes" in dry.stdout
+    assert (tmp_path / "data" / "pgdata" / "PG_VERSION").read_text().strip() == "16"
+
+
+def test_a_dry_run_on_a_database_without_schema_is_one_line(postgres_url: str) -> None:
+    name = f"retention_empty_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"))
+    try:
+        env = {"DATABASE_URL": with_database(postgres_url, name), **RETENTION}
+        env["ENERGY_ROLLUP_RETENTION"] = "P30D"
+        result = CliRunner().invoke(cli, ["retention", "--dry-run"], env=env)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == "error: the database has no schema yet: nothing to drop\n"
+        assert _names(with_database(postgres_url, name), CATALOG) == set()
+    finally:
+        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -226,6 +226,7 @@ async def test_fleet_ranks_every_vehicle_with_its_own_report(
         assert summary == found.body(settings)
         report = await _get(fleet, f"/v1/analytics/performance/{summary['vehicleId']}", **_window())
         assert (report.pop("from"), report.pop("to")) == (iso(start), iso(end))
+        assert (report.pop("historyFrom"), report.pop("partial")) == (None, False)
         assert report == found.body(settings)
     assert body["totals"] == reference.totals(
         [r for r in expected.values() if r is not None], settings

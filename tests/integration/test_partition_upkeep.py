@@ -49,7 +49,7 @@ async def test_upkeep_puts_back_missing_days_and_retries_after_a_failed_round(
 
         def failed_rounds() -> int:
             return sum(
-                r.getMessage() == "partition maintenance failed" and r.exc_info is not None
+                r.getMessage() == "maintenance failed" and r.exc_info is not None
                 for r in caplog.records
             )
 

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from energy_engine.analytics import store
 from energy_engine.analytics.figures import figures, summarize
 from energy_engine.analytics.models import PerformanceReport
-from energy_engine.analytics.query import resolve_window
+from energy_engine.analytics.query import coverage, resolve_window
 from energy_engine.asgi import Receive, Scope, Send, answer
 from energy_engine.bounds import DEVICE_ID, WHEN, DeviceId
 from energy_engine.db import Pool
@@ -49,7 +49,10 @@ async def performance_body(
     if found is None:
         raise not_found("vehicle", vehicle_id)
     summary = summarize(figures(vehicle_id, found, settings))
-    report = PerformanceReport(**dict(summary), from_=start, to=end)
+    history_from, partial = coverage(start, end, settings)
+    report = PerformanceReport(
+        **dict(summary), from_=start, to=end, history_from=history_from, partial=partial
+    )
     return report.model_dump_json(by_alias=True).encode()
 
 

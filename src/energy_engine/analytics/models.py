@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -37,6 +38,22 @@ def judge(ac_kwh: float | None, efficiency: float | None, settings: Settings) ->
     if efficiency >= settings.warning_efficiency:
         return Health.WARNING
     return Health.CRITICAL
+
+
+def _history_from() -> Any:
+    return Field(
+        description="raw history is kept from this time on (ENERGY_HISTORY_RETENTION); "
+        "null when it is kept forever"
+    )
+
+
+def _partial() -> Any:
+    return Field(
+        description="true when the answer needs data that retention dropped, so the figures "
+        "cover only what is kept: raw readings before historyFrom (the parts of the window's "
+        "first and last hour off the hour; whole UTC hours come from rollups) or rollups "
+        "older than ENERGY_ROLLUP_RETENTION"
+    )
 
 
 class StreamCounts(BaseModel):
@@ -74,6 +91,8 @@ class PerformanceReport(VehicleSummary):
 
     from_: datetime = Field(serialization_alias="from")
     to: datetime
+    history_from: datetime | None = _history_from()
+    partial: bool = _partial()
 
 
 class Step(StrEnum):
@@ -111,6 +130,8 @@ class PerformanceSeries(BaseModel):
     from_: datetime = Field(serialization_alias="from")
     to: datetime
     step: Step
+    history_from: datetime | None = _history_from()
+    partial: bool = _partial()
     points: list[SeriesPoint]
 
 
@@ -149,6 +170,8 @@ class FleetReport(BaseModel):
 
     from_: datetime = Field(serialization_alias="from")
     to: datetime
+    history_from: datetime | None = _history_from()
+    partial: bool = _partial()
     sort: FleetSort
     order: Order
     health: list[Health] = Field(description="the health filter; empty for all vehicles")

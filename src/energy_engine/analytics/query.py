@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -30,6 +30,46 @@ def resolve_window(
             f"the window may span at most {duration_text(settings.max_window)}",
         )
     return start, end
+
+
+def coverage(start: datetime, end: datetime, settings: Settings) -> tuple[datetime | None, bool]:
+    """`historyFrom` and `partial` of a report over [start, end): since when raw history is kept
+    (None without a retention period), and whether the answer needs data retention dropped.
+    Settings and the clock only: nothing is asked of the database on the report's path."""
+    if settings.history_retention is None:
+        return None, False
+    now = datetime.now(UTC)
+    history_from = now - settings.history_retention
+    if start >= history_from:
+        return history_from, False
+    rollups_from = None if settings.rollup_retention is None else now - settings.rollup_retention
+    return history_from, _needs_dropped(start, end, history_from, rollups_from)
+
+
+def _needs_dropped(
+    start: datetime, end: datetime, history_from: datetime, rollups_from: datetime | None
+) -> bool:
+    """Whether [start, end) needs raw rows before `history_from` or rollups before
+    `rollups_from`. Whole UTC hours of a window are answered from hour and day rollups alone
+    (the increment into an hour's first reading is stored with it), exactly as from raw rows;
+    only the parts of its first and last hour off the hour are read raw. Past retention no
+    reading can arrive late (retention is at least max_reading_age), so no hour there is dirty."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    first_whole = _floor_hour(start)
+    if first_whole < start:
+        first_whole += timedelta(hours=1)
+    last_whole = _floor_hour(end)
+    if first_whole >= last_whole:  # no whole hour: every reading is read raw
+        return start < history_from
+    if start < first_whole and start < history_from:
+        return True
+    if last_whole < end and last_whole < history_from:
+        return True
+    return rollups_from is not None and first_whole < rollups_from
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from energy_engine.analytics.models import (
 )
 from energy_engine.analytics.query import (
     FleetQuery,
+    coverage,
     decode_cursor,
     encode_cursor,
     health_filter,
@@ -122,8 +123,17 @@ async def vehicle_series(
                 readings=StreamCounts(vehicle=s.found.dc.readings, meter=s.found.meter_readings),
             )
         )
+    history_from, partial = coverage(start, end, settings)
     return _json(
-        PerformanceSeries(vehicle_id=vehicle_id, from_=start, to=end, step=step, points=points)
+        PerformanceSeries(
+            vehicle_id=vehicle_id,
+            from_=start,
+            to=end,
+            step=step,
+            history_from=history_from,
+            partial=partial,
+            points=points,
+        )
     )
 
 
@@ -164,10 +174,13 @@ async def fleet_performance(
     ranking = rank(numbers, query, after, limit, settings)
     page = [figures(key[2], numbers[key[2]], settings) for key in ranking.keys[:limit]]
     last = page[-1] if page else None
+    history_from, partial = coverage(query.start, query.end, settings)
     return _json(
         FleetReport(
             from_=query.start,
             to=query.end,
+            history_from=history_from,
+            partial=partial,
             sort=query.sort,
             order=query.order,
             health=list(query.health),

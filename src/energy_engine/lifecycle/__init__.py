@@ -1,0 +1,1 @@
+"""Data lifecycle: the maintenance loop (partitions ahead, retention) and its record."""

@@ -1,0 +1,108 @@
+-- The maintenance loop's statements (lifecycle/maintenance.py).
+
+-- name: try_lock
+-- A session-level lock: a round spans several transactions (one per drop, one per rollup
+-- batch), so a transaction-scoped lock would be let go after the first. Released at the end of
+-- every round (unlock); a connection that dies releases it with its session.
+SELECT pg_try_advisory_lock($1);
+
+-- name: unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: expired_partitions
+-- History partitions wholly before $1 (their upper bound at or before it), oldest first, with
+-- the planner's row estimate (-1: never analysed) and their size with indexes and TOAST. The
+-- bounds are read from the catalog, not from the names, so any partition counts; one bounded
+-- by MINVALUE or MAXVALUE matches no pattern and is never dropped.
+SELECT c.oid::regclass::text AS name,
+       p.relname AS parent,
+       bounds.m[1]::timestamptz AS range_from,
+       bounds.m[2]::timestamptz AS range_to,
+       c.reltuples::bigint AS rows_estimate,
+       pg_total_relation_size(c.oid) AS bytes
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+CROSS JOIN LATERAL (
+    SELECT regexp_match(
+        pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)'
+    ) AS m
+) bounds
+WHERE i.inhparent IN (to_regclass('meter_readings'), to_regclass('vehicle_readings'))
+  AND bounds.m[2]::timestamptz <= $1
+ORDER BY range_to, name;
+
+-- name: drop_partition
+SELECT drop_history_partition($1::regclass);
+
+-- name: set_lock_timeout
+SELECT set_config('lock_timeout', $1, true);
+
+-- name: expired_rollups
+-- Rollups wholly before $1, per table: an hour rollup ends an hour after `hour`, a day
+-- rollup a day after `day`. Index range counts (each table has an index on its time).
+SELECT (SELECT count(*) FROM meter_rollups WHERE hour <= $1::timestamptz - interval '1 hour') AS meter_hours,
+       (SELECT count(*) FROM vehicle_rollups WHERE hour <= $1::timestamptz - interval '1 hour') AS vehicle_hours,
+       (SELECT count(*) FROM meter_day_rollups WHERE day <= $1::timestamptz - interval '1 day') AS meter_days,
+       (SELECT count(*) FROM vehicle_day_rollups WHERE day <= $1::timestamptz - interval '1 day') AS vehicle_days;
+
+-- name: delete_meter_hours
+-- At most $2 of the hour rollups wholly before $1; the caller repeats it until fewer go.
+WITH doomed AS (
+    SELECT meter_id, hour FROM meter_rollups WHERE hour <= $1::timestamptz - interval '1 hour' LIMIT $2
+), gone AS (
+    DELETE FROM meter_rollups r USING doomed d
+    WHERE r.meter_id = d.meter_id AND r.hour = d.hour
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: delete_vehicle_hours
+WITH doomed AS (
+    SELECT vehicle_id, hour FROM vehicle_rollups WHERE hour <= $1::timestamptz - interval '1 hour' LIMIT $2
+), gone AS (
+    DELETE FROM vehicle_rollups r USING doomed d
+    WHERE r.vehicle_id = d.vehicle_id AND r.hour = d.hour
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: delete_meter_days
+WITH doomed AS (
+    SELECT meter_id, day FROM meter_day_rollups WHERE day <= $1::timestamptz - interval '1 day' LIMIT $2
+), gone AS (
+    DELETE FROM meter_day_rollups r USING doomed d
+    WHERE r.meter_id = d.meter_id AND r.day = d.day
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: delete_vehicle_days
+WITH doomed AS (
+    SELECT vehicle_id, day FROM vehicle_day_rollups WHERE day <= $1::timestamptz - interval '1 day' LIMIT $2
+), gone AS (
+    DELETE FROM vehicle_day_rollups r USING doomed d
+    WHERE r.vehicle_id = d.vehicle_id AND r.day = d.day
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: record_run
+INSERT INTO maintenance_runs (
+    finished_at, history_cutoff, rollup_cutoff, partitions_created, partitions_dropped,
+    drops_postponed, rollups_deleted, bytes_freed
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (only_row) DO UPDATE SET
+    finished_at = excluded.finished_at,
+    history_cutoff = excluded.history_cutoff,
+    rollup_cutoff = excluded.rollup_cutoff,
+    partitions_created = excluded.partitions_created,
+    partitions_dropped = excluded.partitions_dropped,
+    drops_postponed = excluded.drops_postponed,
+    rollups_deleted = excluded.rollups_deleted,
+    bytes_freed = excluded.bytes_freed;
+
+-- name: last_run
+SELECT finished_at, history_cutoff, rollup_cutoff, partitions_created, partitions_dropped,
+       drops_postponed, rollups_deleted, bytes_freed
+FROM maintenance_runs;
