@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import orjson
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from energy_engine import __version__, db
 from energy_engine.asgi import BodyLimit
+from energy_engine.auth.cache import KeyCache
+from energy_engine.auth.middleware import HEALTH_PATHS, Auth, declare_security
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.rollups import store as rollups
 from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi
-from energy_engine.settings import Settings
+from energy_engine.settings import DocsAccess, Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
                     asyncio.create_task(_maintain_partitions(pool, settings)),
                     asyncio.create_task(_refresh_rollups(pool, settings)),
                 ]
+                if settings.auth:
+                    await keys.refresh(pool)  # before the first request is answered
+                    background.append(asyncio.create_task(keys.keep_fresh(pool)))
                 yield
                 await writer.close()  # commit everything queued before the pools go
                 for task in background:
@@ -93,18 +101,50 @@ def create_app(settings: Settings) -> FastAPI:
                     await writer_pool.close()
                 await pool.close()
 
+    docs = settings.docs is not DocsAccess.OFF
     app = FastAPI(
         title="Energy Ingestion Engine",
         version=__version__,
         summary="Smart-meter and EV telemetry: ingestion, live status, charging efficiency.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.settings = settings
+    keys = KeyCache(settings)
+    app.state.keys = keys
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=ROUTERS)
     install_outage_handlers(app)
-    # Added last, so it runs first: a lean route reaches neither BodyLimit nor FastAPI's router.
+    # Added after BodyLimit, so it runs before: a lean route reaches neither BodyLimit nor
+    # FastAPI's router.
     app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
+    open_paths = set(HEALTH_PATHS)
+    if settings.docs is DocsAccess.OPEN:
+        open_paths |= {"/openapi.json", "/docs", "/redoc"}
+    if settings.auth:
+        # In front of the lean routes, so no handler runs and no body is read for a refusal.
+        # The routes are read when the first request builds the middleware stack, once every
+        # route below is in place.
+        app.add_middleware(
+            Auth,
+            keys=keys,
+            routes=_RouteTable(app),
+            open_paths=open_paths,
+            open_prefixes=("/docs/",) if settings.docs is DocsAccess.OPEN else (),
+        )
+    if settings.cors_origins:
+        # Outside Auth: a browser's preflight carries no key, and refusals need CORS headers
+        # for the page to read them.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID"],
+            expose_headers=["Retry-After", "WWW-Authenticate", "X-Request-ID"],
+            max_age=600,
+        )
     for router in ROUTERS:
         app.include_router(router)
 
@@ -133,8 +173,27 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, f"{pending} migrations pending")
         return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
-    app.openapi = lambda: openapi(app, LEAN_ROUTES)  # type: ignore[method-assign]
+    def document() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = openapi(app, LEAN_ROUTES)  # cached as app.openapi_schema
+        if settings.auth:
+            declare_security(doc, open_paths)
+        return doc
+
+    app.openapi = document  # type: ignore[method-assign]
     return app
+
+
+class _RouteTable:
+    """Every route of `app` and the lean routes, read when iterated (see Auth)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def __iter__(self) -> Iterator[APIRoute]:
+        yield from (route.declared for route in LEAN_ROUTES)
+        yield from (route for route in self.app.routes if isinstance(route, APIRoute))
 
 
 def app_from_environment() -> FastAPI:

@@ -1,10 +1,12 @@
-"""The `energy-engine` command: serve the API, apply migrations."""
+"""The `energy-engine` command: serve the API, apply migrations, manage API keys."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -12,15 +14,24 @@ from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import typer
 import uvicorn
 from pydantic import ValidationError
 
 from energy_engine import db, server
 from energy_engine.app import create_app
+from energy_engine.auth import keyfile
+from energy_engine.auth import keys as api_keys
+from energy_engine.auth import store as key_store
 from energy_engine.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+keys_cli = typer.Typer(
+    no_args_is_help=True,
+    help="Create, list and revoke API keys (with DATABASE_URL, or the embedded PostgreSQL).",
+)
+cli.add_typer(keys_cli, name="keys")
 
 
 class LogLevel(StrEnum):
@@ -92,6 +103,13 @@ def serve(
     """
     logging.basicConfig(level=log_level.value.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
+    if not settings.auth and not _loopback(host):
+        typer.echo(
+            f"error: ENERGY_AUTH=off serves every route without a key; it may only listen on "
+            f"loopback (127.0.0.1, ::1, localhost), not {host}",
+            err=True,
+        )
+        raise typer.Exit(2)
     _check_database(settings)
     options: dict[str, Any] = {
         "host": host,
@@ -108,7 +126,7 @@ def serve(
     # traceback. With several processes every worker builds its app from the environment
     # pointing at it; on SIGTERM the supervisor stops each, and each drains its own queue.
     with db.database_url(settings) as url:
-        _prepare(url, settings)
+        _prepare(url, settings, first_key=settings.auth)
         if workers == 1:
             uvicorn.run(create_app(settings.model_copy(update={"database_url": url})), **options)
             return
@@ -116,15 +134,28 @@ def serve(
         server.run_workers("energy_engine.app:app_from_environment", workers, **options)
 
 
-def _prepare(url: str, settings: Settings) -> dict[str, Any]:
-    """Migrate and create partitions; one line and exit status 1 when the database's applied
-    migrations are not the ones this build ships."""
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def _prepare(url: str, settings: Settings, *, first_key: bool = False) -> dict[str, Any]:
+    """Migrate and create partitions, and with `first_key` an admin key if there is no key
+    at all; one line and exit status 1 when the database's applied migrations are not the
+    ones this build ships."""
 
     async def run() -> dict[str, Any]:
         pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
         try:
             async with pool.acquire() as conn:
-                return await db.prepare(conn, settings)
+                outcome = await db.prepare(conn, settings)
+                if first_key:
+                    await _first_admin_key(conn, settings)
+                return outcome
         finally:
             await pool.close()
 
@@ -133,6 +164,19 @@ def _prepare(url: str, settings: Settings) -> dict[str, Any]:
     except db.MigrationMismatch as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+async def _first_admin_key(conn: db.Connection, settings: Settings) -> None:
+    """On an empty key table: an admin key, printed once and written to the data directory
+    (0600) so that the tools on this machine find it."""
+    key = api_keys.generate((api_keys.Scope.ADMIN,), name="first admin key")
+    if not await key_store.insert_first_key(conn, key):
+        return
+    path = keyfile.write(settings.data_dir, key.text)
+    typer.echo(
+        f"Created the first API key (admin, id {key.id}); it is shown once, here, and "
+        f"kept in {path} (readable by you only):\n{key.text}"
+    )
 
 
 @cli.command()
@@ -219,6 +263,16 @@ def simulate(
     url: Annotated[
         str, typer.Option(callback=_http_url, help="The engine's base URL (http or https).")
     ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ENERGY_API_KEY",
+            show_envvar=True,
+            help="The API key to send (it needs the ingest and admin scopes: simulate "
+            "assigns vehicles to meters). Default: the key in ENERGY_DATA_DIR/admin.key "
+            "(.energy-engine/admin.key), which the first `serve` writes.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same fleet, same readings.")] = 0,
     faulty_share: Annotated[
         float, typer.Option(min=0, max=1, help="Share of chargers near 0.70 efficiency.")
@@ -253,6 +307,7 @@ def simulate(
     stats = run_simulation(
         config,
         url=url,
+        api_key=keyfile.find(api_key, _settings().data_dir) if out is None else None,
         rate=rate,
         speedup=speedup,
         backfill_days=backfill,
@@ -262,6 +317,99 @@ def simulate(
     )
     if stats.first_error:
         raise typer.Exit(1)
+
+
+def _with_connection(settings: Settings, work: Any) -> Any:
+    """Run `work(conn)` on the configured database (the embedded one started for it)."""
+    _check_database(settings)
+
+    async def run(url: str) -> Any:
+        conn = await asyncpg.connect(
+            url,
+            timeout=settings.connect_timeout.total_seconds(),
+            server_settings={"timezone": "UTC"},
+        )
+        try:
+            if await db.pending_migrations(conn):
+                await db.prepare(conn, settings)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    with db.database_url(settings) as url:
+        try:
+            return asyncio.run(run(url))
+        except db.MigrationMismatch as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+@keys_cli.command("create")
+def keys_create(
+    scope: Annotated[
+        list[api_keys.Scope] | None,
+        typer.Option(
+            "--scope",
+            case_sensitive=False,
+            help="What the key may do (repeat for several): ingest, read, metrics or admin "
+            "(everything). Default: ingest.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="Bind the key to one device: it may write that device's readings only.",
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="A note saying whose or what the key is.")] = "",
+) -> None:
+    """Create an API key and print it; it is shown this once and stored only as a hash."""
+    from energy_engine.bounds import DEVICE_ID_PATTERN
+
+    scopes = tuple(dict.fromkeys(scope or [api_keys.Scope.INGEST]))
+    if device is not None:
+        if scopes != (api_keys.Scope.INGEST,):
+            raise typer.BadParameter(
+                "a device-bound key has the ingest scope only", param_hint="--device"
+            )
+        if not re.fullmatch(DEVICE_ID_PATTERN, device):
+            raise typer.BadParameter("not a device id", param_hint="--device")
+    key = api_keys.generate(scopes, name=name, device_id=device)
+    _with_connection(_settings(), lambda conn: key_store.insert_key(conn, key))
+    typer.echo(key.text)
+    bound = f", device {device}" if device else ""
+    typer.echo(
+        f"key {key.id} ({', '.join(scopes)}{bound}) created; it is not shown again", err=True
+    )
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List every key: id, scopes, device, name, created and revoked (never the key)."""
+    found: list[key_store.StoredKey] = _with_connection(_settings(), key_store.list_keys)
+    typer.echo(
+        f"{'ID':<12}  {'SCOPES':<20}  {'DEVICE':<16}  {'CREATED':<20}  {'REVOKED':<20}  NAME"
+    )
+    for key in found:
+        revoked = f"{key.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if key.revoked_at else "-"
+        typer.echo(
+            f"{key.id:<12}  {','.join(key.scopes):<20}  {key.device_id or '-':<16}  "
+            f"{key.created_at:%Y-%m-%dT%H:%M:%SZ}  {revoked:<20}  {key.name}"
+        )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (from `keys list`).")],
+) -> None:
+    """Revoke a key; every server refuses it within ENERGY_AUTH_REFRESH_EVERY (PT2S)."""
+    key_id = api_keys.key_id(key_id) or key_id  # the whole key names its id too
+    revoked = _with_connection(_settings(), lambda conn: key_store.revoke_key(conn, key_id))
+    if revoked is None:
+        typer.echo(f"error: no key with id {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} revoked (at {revoked:%Y-%m-%dT%H:%M:%SZ})")
 
 
 def main() -> None:

@@ -55,7 +55,8 @@ class Pace:
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
-    """POST, retrying a 503 after its Retry-After and a broken connection after a backoff."""
+    """POST, retrying a 503 or 429 after its Retry-After and a broken connection after a
+    backoff; giving up at once when the API key is refused."""
     overloaded = broken = 0
     while True:
         try:
@@ -66,7 +67,12 @@ async def _post(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Resp
                 raise GaveUp(f"POST {path}: {exc!r}") from None
             await asyncio.sleep(0.2 * 2**broken)
             continue
-        if response.status_code != 503:
+        if response.status_code in (401, 403):
+            raise GaveUp(
+                f"POST {path}: {response.status_code} {response.text[:300]}; give a key with "
+                "the ingest and admin scopes by --api-key or ENERGY_API_KEY"
+            )
+        if response.status_code not in (429, 503):
             return response
         overloaded += 1
         if overloaded >= OVERLOAD_ATTEMPTS:
