@@ -24,7 +24,7 @@ from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.rollups import store as rollups
-from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi
+from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi, served_routes
 from energy_engine.settings import DocsAccess, Settings
 
 log = logging.getLogger(__name__)
@@ -186,14 +186,13 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 class _RouteTable:
-    """Every route of `app` and the lean routes, read when iterated (see Auth)."""
+    """Every route `app` serves, read when iterated (see Auth)."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
 
     def __iter__(self) -> Iterator[APIRoute]:
-        yield from (route.declared for route in LEAN_ROUTES)
-        yield from (route for route in self.app.routes if isinstance(route, APIRoute))
+        return iter(served_routes(self.app))
 
 
 def app_from_environment() -> FastAPI:
