@@ -10,8 +10,9 @@ import re
 import signal
 import sys
 import warnings
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -319,11 +320,15 @@ def simulate(
         raise typer.Exit(1)
 
 
-def _with_connection(settings: Settings, work: Any) -> Any:
-    """Run `work(conn)` on the configured database (the embedded one started for it)."""
+T = TypeVar("T")
+
+
+def _with_connection(settings: Settings, work: Callable[[db.Connection], Awaitable[T]]) -> T:
+    """Run `work(conn)` on the configured database (the embedded one, shared with a `serve`
+    running on it, when DATABASE_URL is unset), migrated first if it is not yet."""
     _check_database(settings)
 
-    async def run(url: str) -> Any:
+    async def run(url: str) -> T:
         conn = await asyncpg.connect(
             url,
             timeout=settings.connect_timeout.total_seconds(),
@@ -387,7 +392,7 @@ def keys_create(
 @keys_cli.command("list")
 def keys_list() -> None:
     """List every key: id, scopes, device, name, created and revoked (never the key)."""
-    found: list[key_store.StoredKey] = _with_connection(_settings(), key_store.list_keys)
+    found = _with_connection(_settings(), key_store.list_keys)
     typer.echo(
         f"{'ID':<12}  {'SCOPES':<20}  {'DEVICE':<16}  {'CREATED':<20}  {'REVOKED':<20}  NAME"
     )

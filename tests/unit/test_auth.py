@@ -68,6 +68,7 @@ def test_route_scopes_find_fixed_and_parameterised_paths() -> None:
     assert table.scope_for("GET", "/v1/analytics/performance/V-1") is KeyScope.READ
     assert table.scope_for("HEAD", "/v1/vehicles/V-1/status") is KeyScope.READ
     assert table.scope_for("POST", "/v1/assignments") is KeyScope.ADMIN
+    assert table.scope_for("GET", "/metrics") is KeyScope.METRICS  # whoever serves it
     # No route: any valid key (the app then answers 404 or 405).
     assert table.scope_for("DELETE", "/v1/assignments") is None
     assert table.scope_for("GET", "/v1/nowhere") is None
@@ -176,3 +177,23 @@ async def test_a_key_past_its_limit_gets_429_with_retry_after() -> None:
     status, body, headers = await _call(auth, "POST", "/v1/ingest", key.text)
     assert status == 429 and body["error"] == "rate_limited"
     assert headers["retry-after"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("engine.example", False),
+    ],
+)
+def test_without_auth_serve_listens_on_loopback_only(host: str, loopback: bool) -> None:
+    from energy_engine.cli import _loopback
+
+    assert _loopback(host) is loopback

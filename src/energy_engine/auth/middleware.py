@@ -2,10 +2,10 @@
 scope its route needs, within its key's rate limit; otherwise it is answered here, before any
 handler runs or any body is read.
 
-Which scope a route needs follows from the one routing table (`routing.LEAN_ROUTES` and the
-app's routes), so a new route is guarded the day it is added:
+Which scope a route needs follows from the one routing table (`routing.served_routes`), so a
+new route is guarded the day it is added:
 - the ingest routes (tag `ingest`): `ingest`;
-- `GET /metrics`: `metrics`;
+- `GET /metrics`: `metrics` (also when it is served outside the routing table);
 - any other GET: `read`;
 - any other method (writing assignments): `admin`.
 `admin` may do everything. A path or method no route serves needs any valid key: an
@@ -55,7 +55,8 @@ class RouteScopes:
     parameters and by their compiled patterns for the others."""
 
     def __init__(self, routes: Iterable[APIRoute]) -> None:
-        self.fixed: dict[str, dict[str, KeyScope]] = {}
+        metrics = {method: KeyScope.METRICS for method in ("GET", "HEAD")}
+        self.fixed: dict[str, dict[str, KeyScope]] = {METRICS_PATH: metrics}
         self.patterns: list[tuple[re.Pattern[str], dict[str, KeyScope]]] = []
         for route in routes:
             methods = {
