@@ -55,7 +55,7 @@ class RouteScopes:
     parameters and by their compiled patterns for the others."""
 
     def __init__(self, routes: Iterable[APIRoute]) -> None:
-        metrics = {method: KeyScope.METRICS for method in ("GET", "HEAD")}
+        metrics = dict.fromkeys(("GET", "HEAD"), KeyScope.METRICS)
         self.fixed: dict[str, dict[str, KeyScope]] = {METRICS_PATH: metrics}
         self.patterns: list[tuple[re.Pattern[str], dict[str, KeyScope]]] = []
         for route in routes:
