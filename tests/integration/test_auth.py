@@ -390,3 +390,16 @@ async def test_simulate_sends_the_key_and_stops_on_a_refused_one(
     async with app_client(app, headers=bearer(KEYS.never_stored)) as stranger:
         with pytest.raises(GaveUp, match="401"):
             await simulate(stranger, Fleet(FleetConfig(meters=1, vehicles=1), end), end=end)
+
+
+def test_keys_on_a_new_database_migrate_it_first(postgres_url: str) -> None:
+    name = f"keys_new_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin(postgres_url, f"CREATE DATABASE {name}"))
+    try:
+        url = with_database(postgres_url, name)
+        created = _keys(["create", "--scope", "admin"], url)
+        assert created.exit_code == 0, created.output
+        listed = _keys(["list"], url)
+        assert listed.stdout.splitlines()[1].split()[1] == "admin"
+    finally:
+        asyncio.run(admin(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
