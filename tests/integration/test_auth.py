@@ -212,6 +212,7 @@ async def test_a_device_key_writes_its_own_readings_only(
     at = minute_ago(3)
     other = await http.post("/v1/ingest/meter", json=meter("M-other", at, 1.0), headers=key)
     body = _refused(other, 403)
+    assert body["message"].startswith("the reading belongs to another device")
     assert body["errors"] == [
         {
             "index": None,
@@ -222,6 +223,7 @@ async def test_a_device_key_writes_its_own_readings_only(
     batch = [meter("M-dev", at, 1.0), vehicle("M-devx", at, 1.0), meter("M-dev2", at, 2.0)]
     body = _refused(await http.post("/v1/ingest", json=batch, headers=key), 403)
     assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "vehicleId"), (2, "meterId")]
+    assert body["message"].startswith("2 of the 3 readings belong to another device")
     lines = b"\n".join(orjson.dumps(r) for r in [batch[0], batch[0], batch[2]])
     ndjson = {**key, "content-type": "application/x-ndjson", "content-encoding": "gzip"}
     body = _refused(

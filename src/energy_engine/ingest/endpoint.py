@@ -86,13 +86,13 @@ def _only_device(device: str, readings: list[Any], indexes: Sequence[int] | None
         if (reading.meter_id if isinstance(reading, MeterReading) else reading.vehicle_id) != device
     ]
     if others:
-        raise ApiError(
-            403,
-            "forbidden",
-            f"{len(others)} of the readings belong to another device than the key's; "
-            "nothing was stored",
-            others,
+        which = (
+            "the reading belongs"
+            if indexes is None
+            else f"{len(others)} of the {len(readings)} readings belong"
         )
+        message = f"{which} to another device than the API key's; nothing was stored"
+        raise ApiError(403, "forbidden", message, others)
 
 
 async def _read_readings(
