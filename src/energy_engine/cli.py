@@ -97,6 +97,11 @@ def serve(
 ) -> None:
     """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set).
 
+    Every route but the health checks and the docs needs an API key (`keys create`). On a
+    database without any key, the first start prints an admin key once and writes it to
+    ENERGY_DATA_DIR/admin.key (mode 0600). ENERGY_AUTH=off serves without keys, on a loopback
+    --host only.
+
     Timeouts and limits (per process) come from the environment: ENERGY_HTTP_HEADER_TIMEOUT
     (PT10S), ENERGY_HTTP_BODY_TIMEOUT (PT60S), ENERGY_HTTP_KEEP_ALIVE (PT10S),
     ENERGY_HTTP_MAX_CONNECTIONS (1000), ENERGY_HTTP_BACKLOG (2048), ENERGY_SHUTDOWN_TIMEOUT
