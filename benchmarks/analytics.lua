@@ -4,6 +4,7 @@
 dofile("report.lua")
 
 function init(args)
+  authorize()
   vehicles = tonumber(os.getenv("BENCH_VEHICLES") or "1000")
   window = os.getenv("BENCH_WINDOW")
   math.randomseed(os.time() + (tonumber(tostring({}):sub(8), 16) or 0))

@@ -15,6 +15,7 @@ function init(args)
   wrk.method = "POST"
   wrk.path = "/v1/ingest"
   wrk.headers["Content-Type"] = "application/json"
+  authorize()
 end
 
 function request()

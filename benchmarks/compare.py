@@ -65,7 +65,7 @@ def _fleet_ms(base: str, requests: int) -> dict[str, float]:
         },
     }
     medians = {}
-    with httpx.Client(base_url=base, timeout=60) as http:
+    with httpx.Client(base_url=base, timeout=60, headers=harness.api_headers()) as http:
         for label, params in windows.items():
             times = []
             for _ in range(requests):

@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from benchmarks.harness import WrkRun, engine, run_wrk
+from benchmarks.harness import WrkRun, api_headers, engine, run_wrk
 from energy_engine import db, sql
 from energy_engine.rollups import store as rollups
 from energy_engine.settings import Settings
@@ -103,7 +103,7 @@ def migrate(url: str) -> None:
 def time_requests(base: str, path: str, params: dict[str, str], count: int) -> list[float]:
     """Milliseconds of `count` sequential GETs (the first one, which warms caches, dropped)."""
     times = []
-    with httpx.Client(base_url=base, timeout=120) as client:
+    with httpx.Client(base_url=base, timeout=120, headers=api_headers()) as client:
         for _ in range(count + 1):
             began = time.perf_counter()
             response = client.get(path, params=params)

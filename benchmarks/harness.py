@@ -9,6 +9,7 @@ module give every request a (device, minute) pair no other request uses and prin
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import httpx
 import orjson
+
+from energy_engine.auth import keyfile
 
 RESULT_MARK = "BENCH_RESULT "
 
@@ -127,19 +130,28 @@ def free_port() -> int:
         return port
 
 
+def api_headers() -> dict[str, str]:
+    """The headers carrying the API key of the engine `engine` runs (none with auth off)."""
+    return keyfile.headers(os.environ.get("ENERGY_API_KEY"))
+
+
 @contextlib.contextmanager
 def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
-    """A running `energy-engine serve` on `database_url`; yields its base URL."""
+    """A running `energy-engine serve` on `database_url`; yields its base URL.
+
+    The first start on a database creates its admin key and writes it to a data directory
+    of that database's own beside the log (never the checkout's .energy-engine/); while the
+    engine runs, ENERGY_API_KEY holds it, for wrk's scripts, `api_headers` and any tool
+    started meanwhile. A database that had keys before needs ENERGY_API_KEY set by the caller.
+    """
     port = free_port()
+    data_dir = log.parent / f"engine-{hashlib.sha256(database_url.encode()).hexdigest()[:8]}"
     command = [sys.executable, "-m", "energy_engine.cli", "serve", "--port", str(port)]
     command += ["--workers", str(workers), "--log-level", "warning"]
+    env = {**os.environ, "DATABASE_URL": database_url, "ENERGY_DATA_DIR": str(data_dir)}
+    given_key = os.environ.get("ENERGY_API_KEY")
     with log.open("ab") as out:
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, "DATABASE_URL": database_url},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -149,8 +161,15 @@ def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise BenchError(f"the engine was not ready in 120 s; see {log}")
             time.sleep(0.2)
+        key = keyfile.read(data_dir) or given_key
+        if key:
+            os.environ["ENERGY_API_KEY"] = key
         yield base
     finally:
+        if given_key is None:
+            os.environ.pop("ENERGY_API_KEY", None)
+        else:
+            os.environ["ENERGY_API_KEY"] = given_key
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=60)

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from benchmarks.harness import api_headers
+
 
 @dataclass(frozen=True, slots=True)
 class OpenLoadResult:
@@ -157,6 +159,7 @@ class _Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.authorization = "".join(f"{k}: {v}\r\n" for k, v in api_headers().items())
 
     @classmethod
     async def open(cls, host: str, port: int) -> _Connection:
@@ -167,7 +170,7 @@ class _Connection:
         """Send one JSON POST; returns the status code once the whole answer is read."""
         head = (
             f"POST {path} HTTP/1.1\r\nHost: engine\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"{self.authorization}Content-Length: {len(body)}\r\n\r\n"
         )
         self.writer.write(head.encode() + body)
         header = await self.reader.readuntil(b"\r\n\r\n")

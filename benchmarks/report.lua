@@ -17,3 +17,11 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
+
+-- The engine's API key, when the harness started it with one (ENERGY_API_KEY; see harness.py).
+function authorize()
+  local key = os.getenv("ENERGY_API_KEY")
+  if key and key ~= "" then
+    wrk.headers["Authorization"] = "Bearer " .. key
+  end
+end

@@ -30,6 +30,7 @@ from rich.console import Console
 from benchmarks import fleet
 from benchmarks.harness import (
     WrkRun,
+    api_headers,
     engine,
     ensure_wrk,
     median,
@@ -441,7 +442,7 @@ def _seed_and_import(base: str, url: str, options: Options, say: Say) -> Row:
 async def post_assignments(base: str, sim: Path) -> None:
     """POST the simulator's assignments (written beside `sim`) to the engine at `base`."""
     stats = Stats()
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=api_headers()) as client:
         await send.post_assignments(
             client, files.read_assignments(files.assignments_path(sim)), stats
         )

@@ -16,6 +16,7 @@ function init(args)
   wrk.method = "POST"
   wrk.path = "/v1/ingest/vehicle"
   wrk.headers["Content-Type"] = "application/json"
+  authorize()
 end
 
 function request()

@@ -24,10 +24,16 @@ from fastapi import FastAPI
 
 from energy_engine import db
 from energy_engine.app import create_app
+from energy_engine.auth import keys, store
 from energy_engine.settings import Settings
 from tests import readings
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # keeps platformdirs (pgserver) quiet
+
+# An admin key in the template database, so in every test database: the `client` fixtures
+# send it, and so may any test that starts `serve` on a test database (`AUTH`).
+ADMIN_KEY = keys.generate((keys.Scope.ADMIN,), name="tests")
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY.text}"}
 
 
 with_database = db.with_database
@@ -101,6 +107,7 @@ def template_database(postgres_url: str) -> Iterator[str]:
         conn = await asyncpg.connect(with_database(postgres_url, name))
         try:
             await db.prepare(conn, Settings(_env_file=None))
+            await store.insert_key(conn, ADMIN_KEY)
         finally:
             await conn.close()
 
@@ -156,10 +163,15 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the app in-process."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+    """An HTTP client talking to the app in-process, with the tests' admin key."""
+    async with app_client(app) as http:
         yield http
+
+
+def app_client(app: FastAPI, headers: dict[str, str] | None = AUTH) -> httpx.AsyncClient:
+    """A client of `app` in-process, sending `headers` (the tests' admin key by default)."""
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://engine", headers=headers)
 
 
 ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
@@ -167,14 +179,13 @@ ClientWith = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncCli
 
 @pytest.fixture
 def client_with(make_settings: MakeSettings) -> ClientWith:
-    """Opens a client on an app built with overridden settings."""
+    """Opens a client on an app built with overridden settings (with the tests' admin key)."""
 
     @contextlib.asynccontextmanager
     async def open_client(**overrides: object) -> AsyncIterator[httpx.AsyncClient]:
         application = create_app(make_settings(**overrides))
         async with application.router.lifespan_context(application):
-            transport = httpx.ASGITransport(app=application)
-            async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+            async with app_client(application) as http:
                 yield http
 
     return open_client

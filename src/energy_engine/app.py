@@ -5,27 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from energy_engine import __version__, db
 from energy_engine.asgi import BodyLimit
+from energy_engine.auth.cache import KeyCache
+from energy_engine.auth.middleware import HEALTH_PATHS, Auth, declare_security
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.lifecycle import maintenance
 from energy_engine.rollups import store as rollups
-from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi
-from energy_engine.settings import Settings
+from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi, served_routes
+from energy_engine.settings import DocsAccess, Settings
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,9 @@ def create_app(settings: Settings) -> FastAPI:
                     asyncio.create_task(_maintain(pool, settings)),
                     asyncio.create_task(_refresh_rollups(pool, settings)),
                 ]
+                if settings.auth:
+                    await keys.refresh(pool)  # before the first request is answered
+                    background.append(asyncio.create_task(keys.keep_fresh(pool)))
                 yield
                 await writer.close()  # commit everything queued before the pools go
                 for task in background:
@@ -103,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
                     await writer_pool.close()
                 await pool.close()
 
+    docs = settings.docs is not DocsAccess.OFF
     app = FastAPI(
         title="Energy Ingestion Engine",
         version=__version__,
@@ -110,15 +119,44 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         # FastAPI's own pages load their scripts from a CDN: /docs is served offline below,
         # and ReDoc, which no installed package ships, is left out.
+        openapi_url="/openapi.json" if docs else None,
         docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
+    keys = KeyCache(settings)
+    app.state.keys = keys
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=ROUTERS)
     install_outage_handlers(app)
-    # Added last, so it runs first: a lean route reaches neither BodyLimit nor FastAPI's router.
+    # Added after BodyLimit, so it runs before: a lean route reaches neither BodyLimit nor
+    # FastAPI's router.
     app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
+    open_paths = set(HEALTH_PATHS)
+    if settings.docs is DocsAccess.OPEN:
+        open_paths |= {"/openapi.json", "/docs"}
+    if settings.auth:
+        # In front of the lean routes, so no handler runs and no body is read for a refusal.
+        # The routes are read when the first request builds the middleware stack, once every
+        # route below is in place.
+        app.add_middleware(
+            Auth,
+            keys=keys,
+            routes=_RouteTable(app),
+            open_paths=open_paths,
+            open_prefixes=("/docs/",) if settings.docs is DocsAccess.OPEN else (),
+        )
+    if settings.cors_origins:
+        # Outside Auth: a browser's preflight carries no key, and refusals need CORS headers
+        # for the page to read them.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "X-Request-ID"],
+            expose_headers=["Retry-After", "WWW-Authenticate", "X-Request-ID"],
+            max_age=600,
+        )
     for router in ROUTERS:
         app.include_router(router)
 
@@ -147,9 +185,29 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, f"{pending} migrations pending")
         return _status(200, "ok", rollupQuarantinedHours=quarantined)
 
-    _install_docs(app)
-    app.openapi = lambda: openapi(app, LEAN_ROUTES)  # type: ignore[method-assign]
+    if docs:
+        _install_docs(app)
+
+    def document() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = openapi(app, LEAN_ROUTES)  # cached as app.openapi_schema
+        if settings.auth:
+            declare_security(doc, open_paths)
+        return doc
+
+    app.openapi = document  # type: ignore[method-assign]
     return app
+
+
+class _RouteTable:
+    """Every route `app` serves, read when iterated (see Auth)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def __iter__(self) -> Iterator[APIRoute]:
+        return iter(served_routes(self.app))
 
 
 # Swagger UI's files, from the swagger-ui-bundle-v2 wheel (maintained by the spec-first

@@ -1,16 +1,20 @@
-"""The `energy-engine` command: serve the API, apply migrations, apply retention."""
+"""The `energy-engine` command: serve the API, apply migrations and retention, manage API
+keys."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -20,11 +24,19 @@ from pydantic import ValidationError
 
 from energy_engine import db, server
 from energy_engine.app import create_app
+from energy_engine.auth import keyfile
+from energy_engine.auth import keys as api_keys
+from energy_engine.auth import store as key_store
 from energy_engine.bounds import duration_text
 from energy_engine.lifecycle import maintenance
 from energy_engine.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+keys_cli = typer.Typer(
+    no_args_is_help=True,
+    help="Create, list and revoke API keys (with DATABASE_URL, or the embedded PostgreSQL).",
+)
+cli.add_typer(keys_cli, name="keys")
 
 
 class LogLevel(StrEnum):
@@ -89,6 +101,11 @@ def serve(
 ) -> None:
     """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set).
 
+    Every route but the health checks and the docs needs an API key (`keys create`). On a
+    database without any key, the first start prints an admin key once and writes it to
+    ENERGY_DATA_DIR/admin.key (mode 0600). ENERGY_AUTH=off serves without keys, on a loopback
+    --host only.
+
     Timeouts and limits (per process) come from the environment: ENERGY_HTTP_HEADER_TIMEOUT
     (PT10S), ENERGY_HTTP_BODY_TIMEOUT (PT60S), ENERGY_HTTP_KEEP_ALIVE (PT10S),
     ENERGY_HTTP_MAX_CONNECTIONS (1000), ENERGY_HTTP_BACKLOG (2048), ENERGY_SHUTDOWN_TIMEOUT
@@ -96,6 +113,13 @@ def serve(
     """
     logging.basicConfig(level=log_level.value.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
+    if not settings.auth and not _loopback(host):
+        typer.echo(
+            f"error: ENERGY_AUTH=off serves every route without a key; it may only listen on "
+            f"loopback (127.0.0.1, ::1, localhost), not {host}",
+            err=True,
+        )
+        raise typer.Exit(2)
     _check_database(settings)
     options: dict[str, Any] = {
         "host": host,
@@ -112,7 +136,7 @@ def serve(
     # traceback. With several processes every worker builds its app from the environment
     # pointing at it; on SIGTERM the supervisor stops each, and each drains its own queue.
     with db.database_url(settings) as url:
-        _prepare(url, settings)
+        _prepare(url, settings, first_key=settings.auth)
         if workers == 1:
             uvicorn.run(create_app(settings.model_copy(update={"database_url": url})), **options)
             return
@@ -120,15 +144,28 @@ def serve(
         server.run_workers("energy_engine.app:app_from_environment", workers, **options)
 
 
-def _prepare(url: str, settings: Settings) -> dict[str, Any]:
-    """Migrate and create partitions; one line and exit status 1 when the database's applied
-    migrations are not the ones this build ships."""
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def _prepare(url: str, settings: Settings, *, first_key: bool = False) -> dict[str, Any]:
+    """Migrate and create partitions, and with `first_key` an admin key if there is no key
+    at all; one line and exit status 1 when the database's applied migrations are not the
+    ones this build ships."""
 
     async def run() -> dict[str, Any]:
         pool = await db.create_pool(url, settings.model_copy(update={"pool_min_size": 1}))
         try:
             async with pool.acquire() as conn:
-                return await db.prepare(conn, settings)
+                outcome = await db.prepare(conn, settings)
+                if first_key:
+                    await _first_admin_key(conn, settings)
+                return outcome
         finally:
             await pool.close()
 
@@ -137,6 +174,19 @@ def _prepare(url: str, settings: Settings) -> dict[str, Any]:
     except db.MigrationMismatch as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+async def _first_admin_key(conn: db.Connection, settings: Settings) -> None:
+    """On an empty key table: an admin key, printed once and written to the data directory
+    (0600) so that the tools on this machine find it."""
+    key = api_keys.generate((api_keys.Scope.ADMIN,), name="first admin key")
+    if not await key_store.insert_first_key(conn, key):
+        return
+    path = keyfile.write(settings.data_dir, key.text)
+    typer.echo(
+        f"Created the first API key (admin, id {key.id}); it is shown once, here, and "
+        f"kept in {path} (readable by you only):\n{key.text}"
+    )
 
 
 @cli.command()
@@ -300,6 +350,16 @@ def simulate(
     url: Annotated[
         str, typer.Option(callback=_http_url, help="The engine's base URL (http or https).")
     ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ENERGY_API_KEY",
+            show_envvar=True,
+            help="The API key to send (it needs the ingest and admin scopes: simulate "
+            "assigns vehicles to meters). Default: the key in ENERGY_DATA_DIR/admin.key "
+            "(.energy-engine/admin.key), which the first `serve` writes.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Same seed, same fleet, same readings.")] = 0,
     faulty_share: Annotated[
         float, typer.Option(min=0, max=1, help="Share of chargers near 0.70 efficiency.")
@@ -334,6 +394,7 @@ def simulate(
     stats = run_simulation(
         config,
         url=url,
+        api_key=keyfile.find(api_key, _settings().data_dir) if out is None else None,
         rate=rate,
         speedup=speedup,
         backfill_days=backfill,
@@ -343,6 +404,103 @@ def simulate(
     )
     if stats.first_error:
         raise typer.Exit(1)
+
+
+T = TypeVar("T")
+
+
+def _with_connection(settings: Settings, work: Callable[[db.Connection], Awaitable[T]]) -> T:
+    """Run `work(conn)` on the configured database (the embedded one, shared with a `serve`
+    running on it, when DATABASE_URL is unset), migrated first if it is not yet."""
+    _check_database(settings)
+
+    async def run(url: str) -> T:
+        conn = await asyncpg.connect(
+            url,
+            timeout=settings.connect_timeout.total_seconds(),
+            server_settings={"timezone": "UTC"},
+        )
+        try:
+            if await db.pending_migrations(conn):
+                await db.prepare(conn, settings)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    with db.database_url(settings) as url:
+        try:
+            return asyncio.run(run(url))
+        except db.MigrationMismatch as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+@keys_cli.command("create")
+def keys_create(
+    scope: Annotated[
+        list[api_keys.Scope] | None,
+        typer.Option(
+            "--scope",
+            case_sensitive=False,
+            help="What the key may do (repeat for several): ingest, read, metrics or admin "
+            "(everything). Default: ingest.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="Bind the key to one device: it may write that device's readings only.",
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="A note saying whose or what the key is.")] = "",
+) -> None:
+    """Create an API key and print it; it is shown this once and stored only as a hash."""
+    from energy_engine.bounds import DEVICE_ID_PATTERN
+
+    scopes = tuple(dict.fromkeys(scope or [api_keys.Scope.INGEST]))
+    if device is not None:
+        if scopes != (api_keys.Scope.INGEST,):
+            raise typer.BadParameter(
+                "a device-bound key has the ingest scope only", param_hint="--device"
+            )
+        if not re.fullmatch(DEVICE_ID_PATTERN, device):
+            raise typer.BadParameter("not a device id", param_hint="--device")
+    key = api_keys.generate(scopes, name=name, device_id=device)
+    _with_connection(_settings(), lambda conn: key_store.insert_key(conn, key))
+    typer.echo(key.text)
+    bound = f", device {device}" if device else ""
+    typer.echo(
+        f"key {key.id} ({', '.join(scopes)}{bound}) created; it is not shown again", err=True
+    )
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List every key: id, scopes, device, name, created and revoked (never the key)."""
+    found = _with_connection(_settings(), key_store.list_keys)
+    typer.echo(
+        f"{'ID':<12}  {'SCOPES':<20}  {'DEVICE':<16}  {'CREATED':<20}  {'REVOKED':<20}  NAME"
+    )
+    for key in found:
+        revoked = f"{key.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if key.revoked_at else "-"
+        typer.echo(
+            f"{key.id:<12}  {','.join(key.scopes):<20}  {key.device_id or '-':<16}  "
+            f"{key.created_at:%Y-%m-%dT%H:%M:%SZ}  {revoked:<20}  {key.name}"
+        )
+
+
+@keys_cli.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (from `keys list`).")],
+) -> None:
+    """Revoke a key; every server refuses it within ENERGY_AUTH_REFRESH_EVERY (PT2S)."""
+    key_id = api_keys.key_id(key_id) or key_id  # the whole key names its id too
+    revoked = _with_connection(_settings(), lambda conn: key_store.revoke_key(conn, key_id))
+    if revoked is None:
+        typer.echo(f"error: no key with id {key_id!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"key {key_id} revoked (at {revoked:%Y-%m-%dT%H:%M:%SZ})")
 
 
 def main() -> None:

@@ -54,6 +54,16 @@ LEAN_ROUTES: Sequence[LeanRoute] = (
 )
 
 
+def served_routes(app: FastAPI) -> list[APIRoute]:
+    """Every route `app` answers: the lean routes' declarations, the routes of `ROUTERS` and
+    the app's own (the health checks; documentation pages are not APIRoutes)."""
+    return [
+        *(route.declared for route in LEAN_ROUTES),
+        *(route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)),
+        *(route for route in app.routes if isinstance(route, APIRoute)),
+    ]
+
+
 class LeanRoutes:
     """Answers the paths of `routes` with their handlers (405 for another method) and hands
     every other request to the wrapped app. A path is found by one dict lookup: by itself, or

@@ -6,9 +6,17 @@ import os
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, NamedTuple
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class EnergySemantics(StrEnum):
@@ -16,6 +24,48 @@ class EnergySemantics(StrEnum):
 
     CUMULATIVE = "cumulative"  # a register that only grows, except on a reset
     INTERVAL = "interval"  # the energy since the device's previous reading
+
+
+class DocsAccess(StrEnum):
+    """Who may read `/docs` and `/openapi.json`."""
+
+    OPEN = "open"  # anyone
+    AUTH = "auth"  # any valid API key
+    OFF = "off"  # not served
+
+
+class RateLimit(NamedTuple):
+    """A token bucket: `per_second` requests on average, up to `burst` at once."""
+
+    per_second: float
+    burst: int
+
+
+def _rate_limit(value: object) -> object:
+    """`RATE/BURST` (e.g. `10/60`) or `off`, as the environment spells a rate limit."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    if text in ("off", "none", ""):
+        return None
+    rate, slash, burst = text.partition("/")
+    try:
+        limit = RateLimit(float(rate), int(burst))
+    except ValueError:
+        limit = None
+    if not slash or limit is None or not limit.per_second > 0 or limit.burst < 1:
+        raise ValueError("write RATE/BURST (requests a second / at once), e.g. 10/60, or off")
+    return limit
+
+
+# None: no limit.
+RateLimitSetting = Annotated[RateLimit | None, NoDecode, BeforeValidator(_rate_limit)]
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -116,6 +166,25 @@ class Settings(BaseSettings):
     http_max_connections: PositiveInt = 1000
     http_backlog: PositiveInt = 2048  # connections the kernel queues before they are accepted
     shutdown_timeout: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+
+    # API keys (auth/). With `auth` off every route is open, and `serve` binds to loopback only.
+    auth: bool = True
+    # Each worker reloads the keys this often: a revoked key is refused within it everywhere.
+    auth_refresh_every: timedelta = Field(default=timedelta(seconds=2), gt=timedelta(0))
+    docs: DocsAccess = DocsAccess.OPEN
+    # Requests per key and worker (see auth/limits.py). A key with several scopes gets its most
+    # generous scope's limit; a device-bound key gets `rate_limit_device` whatever its scopes.
+    # Ingest: 10,000 devices reporting together at the top of a minute on one shared key take
+    # half the burst, and the bucket is full again 20 s later.
+    rate_limit_ingest: RateLimitSetting = RateLimit(1000, 20_000)
+    rate_limit_read: RateLimitSetting = RateLimit(200, 1000)
+    rate_limit_metrics: RateLimitSetting = RateLimit(10, 20)
+    rate_limit_admin: RateLimitSetting = None
+    # A device reports once a minute; this leaves room for retries and a backlog after an outage.
+    rate_limit_device: RateLimitSetting = RateLimit(10, 60)
+    # Origins (e.g. `https://dashboard.example.com`, comma-separated) whose browser pages may
+    # call the API; none by default (no CORS headers at all).
+    cors_origins: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = []
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:

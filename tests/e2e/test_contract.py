@@ -17,13 +17,14 @@ import schemathesis
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
-from tests.conftest import cloned_database
+from tests.conftest import AUTH, cloned_database
 from tests.e2e.test_serve import serve
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CONFIG = SchemathesisConfig.from_dict(
     {
+        "headers": AUTH,  # the test databases' admin key: every route is reachable
         "generation": {
             "mode": "all",  # valid and invalid data
             "max-examples": 40,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import cloned_database
+from tests.conftest import AUTH, cloned_database
 from tests.e2e.test_serve import serve
 from tests.readings import minute_ago, vehicle
 
@@ -48,7 +48,7 @@ async def _send_oversized(base: str, path: str, chunked: bool) -> bytes:
     length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {CLAIMED}"
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"{length}\r\n\r\n".encode()
+        f"Authorization: {AUTH['Authorization']}\r\n{length}\r\n\r\n".encode()
     )
     sent = 0
     answer = asyncio.ensure_future(reader.readline())
@@ -84,7 +84,7 @@ async def test_oversized_bodies_are_413_early_and_others_are_served(
     latencies: list[float] = []
 
     async def normal_client() -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=10, headers=AUTH) as http:
             for minute in range(20):
                 began = time.monotonic()
                 sent = await http.post("/v1/ingest", json=vehicle("V-ok", minute_ago(minute), 1.0))

@@ -18,7 +18,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from energy_engine.auth import keyfile
 from energy_engine.cli import cli
+from tests.conftest import AUTH
 from tests.readings import meter, minute_ago, vehicle
 
 pytestmark = pytest.mark.e2e
@@ -30,6 +32,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """The headers carrying the admin key of a `serve` started with `env`: the one the first
+    start wrote to its data directory, else the test databases' key (conftest.AUTH)."""
+    data_dir = env.get("ENERGY_DATA_DIR")
+    key = keyfile.read(Path(data_dir)) if data_dir else None
+    return keyfile.headers(key) if key else AUTH
 
 
 @contextmanager
@@ -84,7 +94,7 @@ def test_serve_with_database_url_takes_concurrent_clients_and_stops_cleanly(
     with serve({"DATABASE_URL": database_url}, tmp_path) as (base, process):
 
         async def load() -> list[int]:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=base, timeout=30, headers=AUTH) as http:
                 await http.post("/v1/assignments", json={"vehicleId": "V-0", "meterId": "M-0"})
 
                 async def one(d: int, m: int) -> int:
@@ -98,10 +108,10 @@ def test_serve_with_database_url_takes_concurrent_clients_and_stops_cleanly(
 
         codes = asyncio.run(load())
         assert codes == [200] * 300
-        status = httpx.get(f"{base}/v1/vehicles/V-0/status").json()
+        status = httpx.get(f"{base}/v1/vehicles/V-0/status", headers=AUTH).json()
         assert status["meterId"] == "M-0"
         assert status["timestamp"] == minute_ago(1).isoformat().replace("+00:00", "Z")
-        report = httpx.get(f"{base}/v1/analytics/performance/V-0")
+        report = httpx.get(f"{base}/v1/analytics/performance/V-0", headers=AUTH)
         assert report.status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -126,18 +136,18 @@ def test_serve_without_database_url_runs_an_embedded_postgres_that_keeps_data(
     env = {"DATABASE_URL": "", "ENERGY_DATA_DIR": str(tmp_path / "data")}
     reading = vehicle("V-9", minute_ago(1), 12.5)
     with serve(env, tmp_path) as (base, _):
-        assert httpx.post(f"{base}/v1/ingest/vehicle", json=reading).json() == {
+        sent = httpx.post(f"{base}/v1/ingest/vehicle", json=reading, headers=auth(env))
+        assert sent.json() == {
             "accepted": 1,
             "duplicates": 0,
         }
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").exists()
     with serve(env, tmp_path) as (base, _):
         # Same data directory: the reading survived the restart and is a duplicate now.
-        assert httpx.post(f"{base}/v1/ingest/vehicle", json=reading).json() == {
-            "accepted": 0,
-            "duplicates": 1,
-        }
-        assert httpx.get(f"{base}/v1/vehicles/V-9/status").json()["kwhDeliveredDc"] == 12.5
+        again = httpx.post(f"{base}/v1/ingest/vehicle", json=reading, headers=auth(env))
+        assert again.json() == {"accepted": 0, "duplicates": 1}
+        status = httpx.get(f"{base}/v1/vehicles/V-9/status", headers=auth(env))
+        assert status.json()["kwhDeliveredDc"] == 12.5
 
 
 async def _stored_pairs(database_url: str) -> set[tuple[str, str]]:
@@ -162,7 +172,7 @@ def test_sigterm_under_load_commits_every_acknowledged_reading_and_exits_0(
     with serve({"DATABASE_URL": database_url}, tmp_path) as (base, process):
 
         async def client(number: int, stop_at: float) -> None:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=base, timeout=30, headers=AUTH) as http:
                 for minute in range(1, 10_000):
                     batch = [
                         meter(f"M-{number}-{d}", minute_ago(minute), minute) for d in range(100)
@@ -201,7 +211,7 @@ def test_serve_with_several_workers_shares_one_embedded_postgres(tmp_path: Path)
     with serve(env, tmp_path, "--workers", "2") as (base, process):
 
         async def load() -> list[dict[str, int]]:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=base, timeout=30, headers=auth(env)) as http:
 
                 async def one(m: int) -> dict[str, int]:
                     reading = vehicle("V-1", minute_ago(m), float(100 - m))
@@ -214,7 +224,7 @@ def test_serve_with_several_workers_shares_one_embedded_postgres(tmp_path: Path)
 
         answers = asyncio.run(load())
         assert answers == [{"accepted": 1, "duplicates": 0}] * 40
-        status = httpx.get(f"{base}/v1/vehicles/V-1/status").json()
+        status = httpx.get(f"{base}/v1/vehicles/V-1/status", headers=auth(env)).json()
         assert status["kwhDeliveredDc"] == 99.0  # the newest reading, whichever worker took it
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

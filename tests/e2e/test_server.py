@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.conftest import AUTH
 from tests.e2e.test_serve import serve
 from tests.readings import meter, minute_ago
 
@@ -93,20 +94,22 @@ def test_slow_clients_are_cut_off_while_others_are_served(
 
         async def run() -> tuple[list[float], list[tuple[float, bytes]], list[tuple[float, bytes]]]:
             connected: list[None] = []
-            head = b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\n"
+            key = f"Authorization: {AUTH['Authorization']}\r\n".encode()
+            head = b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\n" + key
             slow_heads = [
                 _held_open(base, head, b"X-Slow: 1\r\n", connected) for _ in range(SLOW_CLIENTS)
             ]
             body_head = (
                 b"POST /v1/ingest HTTP/1.1\r\nHost: e\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100000\r\n\r\n["
+                + key
+                + b"Content-Length: 100000\r\n\r\n["
             )
             slow_bodies = [_held_open(base, body_head, b" ", connected) for _ in range(10)]
             slow = asyncio.gather(*slow_heads, *slow_bodies)
             await _until(lambda: len(connected) == SLOW_CLIENTS + 10, "every slow client is in")
             latencies = []
             newest = minute_ago(1)
-            async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            async with httpx.AsyncClient(base_url=base, timeout=10, headers=AUTH) as http:
                 for minute in range(1, 6):
                     started = time.monotonic()
                     reading = meter("M-normal", newest - timedelta(minutes=minute), minute)
@@ -145,7 +148,9 @@ async def _load(
     async def client(number: int) -> None:
         # One keep-alive connection per client, as a device or the simulator holds one.
         limits = httpx.Limits(max_connections=1)
-        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+        async with httpx.AsyncClient(
+            base_url=base, timeout=30, limits=limits, headers=AUTH
+        ) as http:
             for minute in range(1, 10_000):
                 at = newest - timedelta(minutes=minute)
                 batch = [meter(f"M-{number}-{d}", at, minute) for d in range(20)]

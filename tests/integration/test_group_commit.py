@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from energy_engine.app import create_app
 from energy_engine.ingest.writer import GroupWriter
-from tests.conftest import MakeSettings
+from tests.conftest import MakeSettings, app_client
 from tests.readings import meter, minute_ago, vehicle
 
 
@@ -68,7 +68,7 @@ async def test_full_queue_answers_503_and_loses_nothing_it_accepted(
     app = create_app(make_settings(max_queued_readings=4, writer_connections=1))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e") as client,
+        app_client(app) as client,
     ):
         writer: GroupWriter = app.state.writer
         # Hold the hot-store table so the writer's first flush blocks and the queue fills.

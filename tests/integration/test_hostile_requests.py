@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from energy_engine.app import create_app
 from energy_engine.settings import Settings
-from tests.conftest import admin, with_database
+from tests.conftest import AUTH, admin, with_database
 from tests.readings import iso, meter, minute_ago, vehicle
 
 # One engine for the whole module: every request here is refused, or only reads, so the tests
@@ -36,7 +36,9 @@ async def client(
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://engine", headers=AUTH
+            ) as http:
                 await _known_vehicle(http)
                 yield http
     finally:

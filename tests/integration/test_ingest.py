@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.conftest import AUTH
 from tests.readings import meter, minute_ago, vehicle
 
 
@@ -204,7 +205,9 @@ async def test_mixed_batch_is_all_or_nothing_across_streams(
     )
     at = minute_ago(2)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://engine", headers=AUTH
+    ) as client:
         response = await client.post(
             "/v1/ingest", json=[meter("M-1", at, 1.0), vehicle("V-1", at, 1.0, temp=95)]
         )

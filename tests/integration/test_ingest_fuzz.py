@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from energy_engine.app import create_app
 from energy_engine.bounds import MAX_KWH
 from energy_engine.settings import Settings
+from tests.conftest import app_client
 from tests.readings import iso, meter, minute_ago, vehicle
 
 PATHS = ["/v1/ingest", "/v1/ingest/meter", "/v1/ingest/vehicle", "/v1/assignments"]
@@ -121,7 +122,7 @@ def engine(database_url: str, tmp_path: Path) -> Iterator[tuple[asyncio.Runner, 
     lifespan = app.router.lifespan_context(app)
     with asyncio.Runner() as runner:
         runner.run(lifespan.__aenter__())
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://e")
+        client = app_client(app)
         try:
             yield runner, client
         finally:

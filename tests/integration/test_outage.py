@@ -24,7 +24,9 @@ import pytest
 from fastapi import FastAPI
 
 from energy_engine.app import create_app
+from energy_engine.auth import store
 from energy_engine.settings import Settings
+from tests.conftest import ADMIN_KEY, AUTH
 from tests.readings import iso, vehicle
 
 REQUEST_BOUND_S = 10.0  # no request may take longer, outage or not
@@ -81,6 +83,8 @@ async def engine(private_postgres: PrivatePostgres, tmp_path: Path) -> AsyncIter
     )
     application = create_app(settings)
     async with application.router.lifespan_context(application):
+        async with application.state.pool.acquire() as conn:
+            await store.insert_key(conn, ADMIN_KEY)  # a private database: not the template's
         yield application
 
 
@@ -108,7 +112,7 @@ async def test_an_outage_answers_503_and_the_engine_recovers(
 ) -> None:
     caplog.set_level(logging.WARNING)
     transport = httpx.ASGITransport(app=engine)
-    client = httpx.AsyncClient(transport=transport, base_url="http://engine")
+    client = httpx.AsyncClient(transport=transport, base_url="http://engine", headers=AUTH)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     sent: set[tuple[str, datetime]] = set()
     acknowledged: set[tuple[str, datetime]] = set()
@@ -212,7 +216,9 @@ async def test_a_frozen_database_answers_503_in_bounded_time(
     import psutil  # type: ignore[import-untyped]  # pgserver's dependency
 
     transport = httpx.ASGITransport(app=engine)
-    async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://engine", headers=AUTH
+    ) as client:
         at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
         assert (await client.post("/v1/ingest", json=vehicle("V-0", at, 1.0))).status_code == 200
         postmaster = psutil.Process(private_postgres.server.get_pid())

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from energy_engine.app import create_app
-from tests.conftest import MakeSettings
+from tests.conftest import AUTH, MakeSettings
 
 
 class Proxy:
@@ -88,7 +88,9 @@ async def test_not_ready_while_the_database_is_unreachable_and_ready_again_after
     app = create_app(make_settings(database_url=via_proxy))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://engine", headers=AUTH
+        ) as http:
             assert (await http.get("/health/ready")).status_code == 200
             await proxy.cut()
             down = await http.get("/health/ready")

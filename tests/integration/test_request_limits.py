@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from energy_engine.app import create_app
 from energy_engine.asgi import Message
-from tests.conftest import ClientWith, MakeSettings
+from tests.conftest import AUTH, ClientWith, MakeSettings
 from tests.integration.test_hostile_requests import ANALYTICS, _error, _known_vehicle
 from tests.readings import iso, meter, minute_ago
 
@@ -100,6 +100,7 @@ async def test_a_declared_length_over_the_ingest_limit_is_refused_unread(
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(declared).encode()),
+                (b"authorization", AUTH["Authorization"].encode()),
             ],
             "query_string": b"",
             "app": app,
@@ -134,6 +135,7 @@ async def test_assignment_bodies_over_the_limit_are_413_before_they_are_read(
         "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(limit + 1).encode()),
+            (b"authorization", AUTH["Authorization"].encode()),
         ],
         "query_string": b"",
         "app": app,

@@ -21,7 +21,7 @@ from energy_engine.asgi import Message, Receive, Scope, Send
 from energy_engine.errors import install_error_handlers, install_outage_handlers
 from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoute, LeanRoutes
 from energy_engine.settings import Settings
-from tests.conftest import admin, with_database
+from tests.conftest import admin, app_client, with_database
 from tests.readings import iso, meter, minute_ago, vehicle
 
 # One engine for the module, charged once: every request below only reads.
@@ -101,7 +101,7 @@ class Engine:
 
 
 def _client(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://engine")
+    return app_client(app)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -16,13 +16,13 @@ incrementally and bounded, so a small compressed body cannot inflate past the si
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 
 from energy_engine.asgi import Receive, Scope, Send, answer
-from energy_engine.errors import ApiError, error_json, unavailable
+from energy_engine.errors import ApiError, ErrorItem, error_json, unavailable
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.ingest.writer import GroupWriter, Overloaded
@@ -46,9 +46,12 @@ class IngestHandler:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, _: str) -> None:
         writer: GroupWriter = scope["app"].state.writer
         try:
-            readings = await _read_readings(
+            readings, indexes = await _read_readings(
                 self.parser, scope, receive, self.settings.max_body_bytes
             )
+            device = scope.get("energy.device_id")  # set by auth for a device-bound key
+            if device is not None:
+                _only_device(device, readings, indexes)
             meters = [r for r in readings if isinstance(r, MeterReading)]
             vehicles = [r for r in readings if isinstance(r, VehicleReading)]
             result = await writer.submit(meters, vehicles)
@@ -71,9 +74,32 @@ class IngestHandler:
         await answer(send, 200, body)
 
 
+def _only_device(device: str, readings: list[Any], indexes: Sequence[int] | None) -> None:
+    """403 naming every reading (by index) of another device than the key's `device`."""
+    others = [
+        ErrorItem(
+            index=None if indexes is None else indexes[position],
+            field="meterId" if isinstance(reading, MeterReading) else "vehicleId",
+            reason=f"this API key may write readings of {device!r} only",
+        )
+        for position, reading in enumerate(readings)
+        if (reading.meter_id if isinstance(reading, MeterReading) else reading.vehicle_id) != device
+    ]
+    if others:
+        which = (
+            "the reading belongs"
+            if indexes is None
+            else f"{len(others)} of the {len(readings)} readings belong"
+        )
+        message = f"{which} to another device than the API key's; nothing was stored"
+        raise ApiError(403, "forbidden", message, others)
+
+
 async def _read_readings(
     parser: ReadingParser[Any], scope: Scope, receive: Receive, limit: int
-) -> list[Any]:
+) -> tuple[list[Any], Sequence[int] | None]:
+    """The readings of the body, and each one's index (array position or NDJSON line; None
+    for a single reading)."""
     headers = _headers(scope)
     media_type = headers.get("content-type", JSON_TYPE).split(";")[0].strip().lower()
     is_ndjson = media_type in NDJSON_TYPES
@@ -94,7 +120,7 @@ async def _read_readings(
         lines = parser.lines()
         async for chunk in chunks:
             lines.feed(chunk)
-        return lines.close()
+        return lines.close(), lines.indexes
     body: bytes | bytearray = b""
     async for chunk in chunks:
         if not body:
@@ -103,7 +129,8 @@ async def _read_readings(
             if isinstance(body, bytes):
                 body = bytearray(body)
             body += chunk
-    return parser.parse(body)
+    readings = parser.parse(body)
+    return readings, range(len(readings)) if body.lstrip()[:1] == b"[" else None
 
 
 async def _body_chunks(receive: Receive, limit: int, *, gzip: bool) -> AsyncIterator[bytes]:

@@ -189,6 +189,11 @@ class NdjsonParser(Generic[R]):
             raise ApiError(422, "empty_batch", "the body holds no readings")
         return self._readings
 
+    @property
+    def indexes(self) -> list[int]:
+        """The line number of each reading `close` returned."""
+        return self._indexes
+
     def _take(self, line: bytes) -> None:
         index = self._line
         self._line += 1

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from energy_engine.auth import keyfile
 from energy_engine.simulate.files import assignments_path, write_files
 from energy_engine.simulate.fleet import MINUTE, Fleet, FleetConfig, floor_minute
 from energy_engine.simulate.send import GaveUp, simulate
@@ -83,7 +84,9 @@ async def _ready(client: httpx.AsyncClient) -> None:
         raise GaveUp(f"{client.base_url} is not ready: {response.status_code} {response.text}")
 
 
-async def _send(url: str, fleet: Fleet, concurrency: int, **options: Any) -> None:
+async def _send(
+    url: str, api_key: str | None, fleet: Fleet, concurrency: int, **options: Any
+) -> None:
     """Send until done, Ctrl-C or SIGTERM (both stop the run as asyncio stops it on Ctrl-C:
     by cancelling it; the totals so far still get printed)."""
     task = asyncio.current_task()
@@ -99,7 +102,9 @@ async def _send(url: str, fleet: Fleet, concurrency: int, **options: Any) -> Non
     timeout = httpx.Timeout(60.0, connect=5.0)  # a 10,000-reading batch under load takes a while
     limits = httpx.Limits(max_connections=concurrency + 1)
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=timeout, limits=limits, headers=keyfile.headers(api_key)
+        ) as client:
             await _ready(client)
             await simulate(client, fleet, concurrency=concurrency, **options)
     except asyncio.CancelledError:
@@ -111,6 +116,7 @@ def run(
     config: FleetConfig,
     *,
     url: str,
+    api_key: str | None = None,
     rate: float | None = None,
     speedup: float | None = None,
     backfill_days: float | None = None,
@@ -148,7 +154,9 @@ def run(
         else:
             options = {"end": end, "speedup": speedup, "batch_size": batch_size}
             try:
-                asyncio.run(_send(url, fleet, concurrency, stats=stats, observe=observe, **options))
+                asyncio.run(
+                    _send(url, api_key, fleet, concurrency, stats=stats, observe=observe, **options)
+                )
             except KeyboardInterrupt:
                 pass  # live runs end with Ctrl-C; the totals still get printed
             except GaveUp as exc:

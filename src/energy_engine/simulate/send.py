@@ -29,6 +29,10 @@ class GaveUp(Exception):
     """The API stayed unreachable or overloaded."""
 
 
+class KeyRefused(GaveUp):
+    """The engine refused the API key (401 or 403): every later request would be too."""
+
+
 @dataclass(slots=True)
 class Pace:
     """Simulated time: `speedup` times real time from `start`, never past the wall clock."""
@@ -55,7 +59,8 @@ class Pace:
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response:
-    """POST, retrying a 503 after its Retry-After and a broken connection after a backoff."""
+    """POST, retrying a 503 or 429 after its Retry-After and a broken connection after a
+    backoff; giving up at once when the API key is refused."""
     overloaded = broken = 0
     while True:
         try:
@@ -66,7 +71,12 @@ async def _post(client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Resp
                 raise GaveUp(f"POST {path}: {exc!r}") from None
             await asyncio.sleep(0.2 * 2**broken)
             continue
-        if response.status_code != 503:
+        if response.status_code in (401, 403):
+            raise KeyRefused(
+                f"POST {path}: {response.status_code} {response.text[:300]}; give a key with "
+                "the ingest and admin scopes by --api-key or ENERGY_API_KEY"
+            )
+        if response.status_code not in (429, 503):
             return response
         overloaded += 1
         if overloaded >= OVERLOAD_ATTEMPTS:
@@ -85,6 +95,8 @@ async def post_readings(client: httpx.AsyncClient, readings: list[Reading], stat
     """Send one mixed batch and count the answer."""
     try:
         response = await _post(client, "/v1/ingest", orjson.dumps(readings))
+    except KeyRefused:
+        raise
     except GaveUp as exc:
         stats.rejected += len(readings)
         stats.fail(str(exc))
@@ -103,6 +115,8 @@ async def post_assignments(client: httpx.AsyncClient, plugs: Iterable[Plug], sta
     for plug in plugs:
         try:
             response = await _post(client, "/v1/assignments", orjson.dumps(plug))
+        except KeyRefused:
+            raise
         except GaveUp as exc:
             stats.assignment_errors += 1
             stats.fail(str(exc))
@@ -144,14 +158,20 @@ async def simulate(
         while (plug := await plugs.get()) is not None:
             await post_assignments(client, [plug], stats)
 
-    async with asyncio.TaskGroup() as tasks:
-        senders = [tasks.create_task(send_batches()) for _ in range(concurrency)]
-        tasks.create_task(send_plugs())
-        pace = Pace(fleet.now, speedup)
-        await _produce(fleet, end, pace, batch_size, batches, plugs, stats)
-        for _ in senders:
-            await batches.put(None)
-        plugs.put_nowait(None)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            senders = [tasks.create_task(send_batches()) for _ in range(concurrency)]
+            tasks.create_task(send_plugs())
+            pace = Pace(fleet.now, speedup)
+            await _produce(fleet, end, pace, batch_size, batches, plugs, stats)
+            for _ in senders:
+                await batches.put(None)
+            plugs.put_nowait(None)
+    except ExceptionGroup as group:
+        refused = group.subgroup(KeyRefused)
+        if refused is None:
+            raise
+        raise refused.exceptions[0] from None  # one line for the user: the key was refused
     return stats
 
 
