@@ -18,6 +18,8 @@ from energy_engine.asgi import BodyLimit
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
+from energy_engine.observability import logs, metrics
+from energy_engine.observability.requests import RequestLog
 from energy_engine.rollups import store as rollups
 from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi
 from energy_engine.settings import Settings
@@ -78,10 +80,14 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 writer.start()
                 app.state.writer = writer
+                app.state.pools = {"request": pool, "writer": writer_pool}
                 background = [
                     asyncio.create_task(_maintain_partitions(pool, settings)),
                     asyncio.create_task(_refresh_rollups(pool, settings)),
                 ]
+                if metrics.MULTIPROCESS:  # another process may answer the scrape
+                    sampler = metrics.sample_forever(app.state.pools, lambda: writer.queued)
+                    background.append(asyncio.create_task(sampler))
                 yield
                 await writer.close()  # commit everything queued before the pools go
                 for task in background:
@@ -103,8 +109,15 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_request_body_bytes, routers=ROUTERS)
     install_outage_handlers(app)
-    # Added last, so it runs first: a lean route reaches neither BodyLimit nor FastAPI's router.
+    # Added after BodyLimit, so it runs before: a lean route reaches neither BodyLimit nor
+    # FastAPI's router.
     app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
+    # Added last, so it runs first: every request gets its id, latency and log line.
+    app.add_middleware(
+        RequestLog,
+        lean=[route.declared for route in LEAN_ROUTES],
+        log_requests=settings.request_log,
+    )
     for router in ROUTERS:
         app.include_router(router)
 
@@ -139,7 +152,9 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """The app for settings read from the environment (one `serve --workers` process)."""
-    return create_app(Settings())
+    settings = Settings()
+    logs.configure(settings)
+    return create_app(settings)
 
 
 def _status(code: int, status: str, **more: object) -> Response:

@@ -6,8 +6,16 @@ import os
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +24,19 @@ class EnergySemantics(StrEnum):
 
     CUMULATIVE = "cumulative"  # a register that only grows, except on a reset
     INTERVAL = "interval"  # the energy since the device's previous reading
+
+
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"],
+    BeforeValidator(lambda level: level.lower() if isinstance(level, str) else level),
+]
+
+
+class LogFormat(StrEnum):
+    """How log lines are written to stderr."""
+
+    JSON = "json"  # one JSON object a line, for log collectors
+    PLAIN = "plain"  # one readable line, for a terminal
 
 
 class Settings(BaseSettings):
@@ -106,6 +127,12 @@ class Settings(BaseSettings):
     http_max_connections: PositiveInt = 1000
     http_backlog: PositiveInt = 2048  # connections the kernel queues before they are accepted
     shutdown_timeout: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+
+    # Logs (observability.logs): the least severe level written, the line format, and the one
+    # line per request that the RequestLog middleware writes (logger energy_engine.request).
+    log_level: LogLevel = "info"
+    log_format: LogFormat = LogFormat.JSON
+    request_log: bool = True
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
