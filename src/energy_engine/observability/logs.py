@@ -31,8 +31,8 @@ def _time(record: logging.LogRecord) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, the request id when the line
-    was written during a request, the record's fields, and a traceback if there is one."""
+    """One JSON object a line: time, level, logger, process id, message, the request id when
+    the line was written during a request, the record's fields, and a traceback if there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one JSON line."""
@@ -40,6 +40,7 @@ class JsonFormatter(logging.Formatter):
             "time": _time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         request_id = REQUEST_ID.get()

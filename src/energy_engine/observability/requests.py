@@ -111,7 +111,8 @@ class RequestLog:
         if isinstance(matched, APIRoute):
             return matched.path
         if self.templates is None:
-            self.templates = RouteTemplates([*self.lean, *scope["app"].routes])
+            app_routes = getattr(scope.get("app"), "routes", ())  # FastAPI sets scope["app"]
+            self.templates = RouteTemplates([*self.lean, *app_routes])
         return self.templates.find(scope["path"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
