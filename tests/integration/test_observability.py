@@ -299,7 +299,7 @@ async def test_every_line_written_during_a_request_carries_its_id(log_format: Lo
     logs.configure(Settings(_env_file=None, log_format=log_format), stream)
     try:
         app = RequestLog(_chatty, lean=[], log_requests=True)
-        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://engine") as http:
             await http.get("/anything", headers={"X-Request-ID": "chat-1"})
             await http.get("/anything", headers={"X-Request-ID": "chat-2"})
