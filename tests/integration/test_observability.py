@@ -296,6 +296,7 @@ async def test_every_line_written_during_a_request_carries_its_id(log_format: Lo
     stream = io.StringIO()
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    gathered = (logging._srcfile, logging.logThreads, logging.logMultiprocessing)
     logs.configure(Settings(_env_file=None, log_format=log_format), stream)
     try:
         app = RequestLog(_chatty, lean=[], log_requests=True)
@@ -308,6 +309,7 @@ async def test_every_line_written_during_a_request_carries_its_id(log_format: Lo
         for handler in [h for h in root.handlers if h not in handlers]:
             root.removeHandler(handler)
         root.setLevel(level)
+        logging._srcfile, logging.logThreads, logging.logMultiprocessing = gathered
     # httpx, the client, logs each response outside the request.
     lines = [line for line in stream.getvalue().splitlines() if "httpx" not in line]
     assert len(lines) == 7
