@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,7 @@ def sample(pools: Mapping[str, Pool], queued: int) -> None:
         POOL_MAX.labels(name).set(pool.get_max_size())
 
 
-async def sample_forever(pools: Mapping[str, Pool], queued: Any) -> None:
+async def sample_forever(pools: Mapping[str, Pool], queued: Callable[[], int]) -> None:
     """Sample every SAMPLE_EVERY_S, so that another process's scrape sees this one's gauges;
     `queued` tells the write queue's depth."""
     while True:
@@ -182,7 +182,7 @@ class _Families(Collector):
         return self.families
 
 
-def database_families(
+def _database_families(
     oldest_dirty_hour: datetime | None, last_partition_day: date | None, now: datetime
 ) -> list[Metric]:
     """The gauges the database answers: rollup lag (0 without dirty hours) and the days of
@@ -217,7 +217,9 @@ async def _from_database(pool: Pool) -> list[Metric]:
         log_outage("metrics", found)
         return []
     assert row is not None
-    return database_families(row["oldest_dirty_hour"], row["last_partition_day"], datetime.now(UTC))
+    return _database_families(
+        row["oldest_dirty_hour"], row["last_partition_day"], datetime.now(UTC)
+    )
 
 
 async def render(pool: Pool, pools: Mapping[str, Pool], queued: int) -> bytes:
