@@ -3,9 +3,11 @@ default registry). tests/e2e/test_observability.py checks the same over `serve -
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,8 +24,13 @@ from energy_engine.importer.run import ImportStopped, import_files
 from energy_engine.observability import logs, metrics
 from energy_engine.observability.requests import RequestLog
 from energy_engine.settings import LogFormat, Settings
+from tests.integration import test_outage
+from tests.integration.test_outage import PrivatePostgres
 from tests.readings import iso, meter, minute_ago, vehicle
 from tests.scrape import Key, delta, readings, samples, value
+
+# A PostgreSQL of the test's own, to stop and start.
+private_postgres = test_outage.private_postgres
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[Key, float]:
@@ -348,3 +355,28 @@ async def test_imported_readings_are_counted(
         readings("vehicle", "accepted", "import"): 1,
         readings("unknown", "rejected", "import"): 2,
     }
+
+
+async def test_metrics_answer_while_the_database_is_down(
+    client_with: Any, private_postgres: PrivatePostgres
+) -> None:
+    bounds = {"connect_timeout": timedelta(seconds=2), "acquire_timeout": timedelta(seconds=2)}
+    async with client_with(database_url=private_postgres.url, **bounds) as http:
+        up = await scrape(http)
+        assert value(up, "energy_rollup_lag_seconds") == 0
+        private_postgres.stop()
+        try:
+            started = time.monotonic()
+            down = await scrape(http)
+            assert time.monotonic() - started < 5
+            # The process's own metrics, without the gauges the database answers.
+            assert ("energy_ingest_queue_readings", ()) in down
+            assert ("energy_rollup_lag_seconds", ()) not in down
+            assert ("energy_partitions_ahead_days", ()) not in down
+        finally:
+            private_postgres.start()
+        deadline = time.monotonic() + 15
+        while ("energy_rollup_lag_seconds", ()) not in (again := await scrape(http)):
+            assert time.monotonic() < deadline, "the database gauges did not come back"
+            await asyncio.sleep(0.1)
+        assert value(again, "energy_rollup_lag_seconds") == 0
