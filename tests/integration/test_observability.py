@@ -380,3 +380,18 @@ async def test_metrics_answer_while_the_database_is_down(
             assert time.monotonic() < deadline, "the database gauges did not come back"
             await asyncio.sleep(0.1)
         assert value(again, "energy_rollup_lag_seconds") == 0
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
+
+
+async def test_the_sample_dashboard_uses_only_metrics_the_engine_exports(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/v1/ingest/meter", json=meter("M-1", minute_ago(1), 1.0))
+    exported = {name for name, _ in await scrape(client)}
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\benergy_[a-z_]+", expr)}
+    assert len(used) >= 10
+    assert used <= exported, used - exported
