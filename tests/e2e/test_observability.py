@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -128,6 +130,24 @@ def test_metrics_add_up_over_workers_and_each_request_logs_one_line(
         workers = {line["pid"] for line in served}
         assert len(workers) == WORKERS, "one worker took every request"
         assert process.pid not in workers
+
+        # An import pointed at the workers' directory adds its counts (transport import).
+        at = minute_ago(1)
+        items = [meter("M-2", minute_ago(m), float(m)) for m in (1, 2, 3)] + [
+            meter("M-1", at, 0.0)  # sent over HTTP before: a duplicate
+        ]
+        path = tmp_path / "more.ndjson"
+        path.write_bytes(b"".join(orjson.dumps(item) + b"\n" for item in items))
+        imported = subprocess.run(
+            [sys.executable, "-m", "energy_engine.cli", "import", "--quiet", str(path)],
+            env={**os.environ, **env, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+            capture_output=True,
+            timeout=60,
+        )
+        assert imported.returncode == 0, imported.stderr
+        expected[readings("meter", "accepted", "import")] = 3
+        expected[readings("meter", "duplicate", "import")] = 1
+        assert delta(before, scrape(base), "energy_readings_total") == expected
 
         # A worker killed: uvicorn starts another; its live gauges go, its counts stay.
         killed = min(workers)
