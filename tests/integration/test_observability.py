@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 from prometheus_client import REGISTRY, generate_latest
+from pydantic import ValidationError
 
 from energy_engine.asgi import Receive, Scope, Send, answer
 from energy_engine.importer.run import ImportStopped, import_files
@@ -395,3 +396,20 @@ async def test_the_sample_dashboard_uses_only_metrics_the_engine_exports(
     used = {name for expr in exprs for name in re.findall(r"\benergy_[a-z_]+", expr)}
     assert len(used) >= 10
     assert used <= exported, used - exported
+
+
+def test_log_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENERGY_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("ENERGY_LOG_FORMAT", "plain")
+    monkeypatch.setenv("ENERGY_REQUEST_LOG", "false")
+    settings = Settings(_env_file=None)
+    assert (settings.log_level, settings.log_format, settings.request_log) == (
+        "debug",
+        LogFormat.PLAIN,
+        False,
+    )
+    for name, wrong in (("ENERGY_LOG_LEVEL", "loud"), ("ENERGY_LOG_FORMAT", "xml")):
+        monkeypatch.setenv(name, wrong)
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None)
+        monkeypatch.delenv(name)
