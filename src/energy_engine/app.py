@@ -28,6 +28,8 @@ from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.lifecycle import maintenance
+from energy_engine.observability import logs, metrics
+from energy_engine.observability.requests import RequestLog
 from energy_engine.rollups import store as rollups
 from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi, served_routes
 from energy_engine.settings import DocsAccess, Settings
@@ -93,6 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 writer.start()
                 app.state.writer = writer
+                app.state.pools = {"request": pool, "writer": writer_pool}
                 background = [
                     asyncio.create_task(_maintain(pool, settings)),
                     asyncio.create_task(_refresh_rollups(pool, settings)),
@@ -100,6 +103,9 @@ def create_app(settings: Settings) -> FastAPI:
                 if settings.auth:
                     await keys.refresh(pool)  # before the first request is answered
                     background.append(asyncio.create_task(keys.keep_fresh(pool)))
+                if metrics.MULTIPROCESS:  # another process may answer the scrape
+                    sampler = metrics.sample_forever(app.state.pools, lambda: writer.queued)
+                    background.append(asyncio.create_task(sampler))
                 yield
                 await writer.close()  # commit everything queued before the pools go
                 for task in background:
@@ -157,6 +163,12 @@ def create_app(settings: Settings) -> FastAPI:
             expose_headers=["Retry-After", "WWW-Authenticate", "X-Request-ID"],
             max_age=600,
         )
+    # Added last, so it runs first: every request gets its id, latency and log line.
+    app.add_middleware(
+        RequestLog,
+        lean=[route.declared for route in LEAN_ROUTES],
+        log_requests=settings.request_log,
+    )
     for router in ROUTERS:
         app.include_router(router)
 
@@ -233,7 +245,9 @@ def _install_docs(app: FastAPI) -> None:
 
 def app_from_environment() -> FastAPI:
     """The app for settings read from the environment (one `serve --workers` process)."""
-    return create_app(Settings())
+    settings = Settings()
+    logs.configure(settings)
+    return create_app(settings)
 
 
 def _status(code: int, status: str, **more: object) -> Response:

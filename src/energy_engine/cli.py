@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import warnings
@@ -29,6 +30,7 @@ from energy_engine.auth import keys as api_keys
 from energy_engine.auth import store as key_store
 from energy_engine.bounds import duration_text
 from energy_engine.lifecycle import maintenance
+from energy_engine.observability import logs, metrics
 from energy_engine.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -93,11 +95,14 @@ def serve(
         int, typer.Option(min=1, help="Server processes sharing the port (one per core).")
     ] = 1,
     log_level: Annotated[
-        LogLevel,
+        LogLevel | None,
         typer.Option(
-            case_sensitive=False, help="Least severe messages logged (engine and uvicorn)."
+            case_sensitive=False,
+            help="Least severe messages logged (engine and uvicorn) [default: ENERGY_LOG_LEVEL, "
+            "info].",
+            show_default=False,
         ),
-    ] = LogLevel.INFO,
+    ] = None,
 ) -> None:
     """Run the API (with an embedded PostgreSQL when DATABASE_URL is not set).
 
@@ -110,8 +115,12 @@ def serve(
     (PT10S), ENERGY_HTTP_BODY_TIMEOUT (PT60S), ENERGY_HTTP_KEEP_ALIVE (PT10S),
     ENERGY_HTTP_MAX_CONNECTIONS (1000), ENERGY_HTTP_BACKLOG (2048), ENERGY_SHUTDOWN_TIMEOUT
     (PT30S).
+
+    Logs go to stderr as JSON lines (ENERGY_LOG_FORMAT=plain for a terminal), one line per
+    request (ENERGY_REQUEST_LOG); GET /metrics answers Prometheus text for every worker.
     """
-    logging.basicConfig(level=log_level.value.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if log_level is not None:  # the workers read it from the environment too
+        os.environ["ENERGY_LOG_LEVEL"] = log_level.value
     settings = _settings()
     if not settings.auth and not _loopback(host):
         typer.echo(
@@ -120,12 +129,14 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    logs.configure(settings)
     _check_database(settings)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "log_level": log_level.value,
-        "access_log": False,  # one line per reading at 20,000 devices is noise
+        "log_level": settings.log_level,
+        "log_config": None,  # uvicorn's lines go through the engine's handler (logs.configure)
+        "access_log": False,  # RequestLog writes the engine's line per request instead
         **server.uvicorn_options(settings),
     }
     # uvicorn drains and shuts down on SIGTERM, then re-raises the signal with the handler
@@ -141,7 +152,14 @@ def serve(
             uvicorn.run(create_app(settings.model_copy(update={"database_url": url})), **options)
             return
         os.environ["DATABASE_URL"] = url
-        server.run_workers("energy_engine.app:app_from_environment", workers, **options)
+        # The workers keep their metrics in files there (observability.metrics); it must be
+        # in the environment before they start, as prometheus_client reads it on import.
+        directory = metrics.fresh_directory(settings.data_dir)
+        os.environ[metrics.MULTIPROCESS_ENV] = str(directory)
+        try:
+            server.run_workers("energy_engine.app:app_from_environment", workers, **options)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _loopback(host: str) -> bool:

@@ -28,6 +28,7 @@ from energy_engine.errors import error_json, not_allowed
 from energy_engine.ingest import routes as ingest
 from energy_engine.ingest.endpoint import IngestHandler
 from energy_engine.ingest.models import AnyReading, MeterReading, VehicleReading
+from energy_engine.observability.routes import router as metrics_router
 from energy_engine.settings import Settings
 from energy_engine.status.routes import router as status_router
 
@@ -44,7 +45,12 @@ class LeanRoute:
     handler: Callable[[Settings], Handler]
 
 
-ROUTERS: Sequence[APIRouter] = (assignments_router, status_router, analytics.router)
+ROUTERS: Sequence[APIRouter] = (
+    assignments_router,
+    status_router,
+    analytics.router,
+    metrics_router,
+)
 
 LEAN_ROUTES: Sequence[LeanRoute] = (
     LeanRoute(ingest.READINGS, partial(IngestHandler, AnyReading)),

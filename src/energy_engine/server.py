@@ -42,6 +42,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 
 from energy_engine.asgi import Receive, Scope, Send, answer
 from energy_engine.errors import ApiError, error_json
+from energy_engine.observability import metrics
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,17 @@ class Supervisor(Multiprocess):
         super().__init__(config, sockets)
         for stop in (signal.SIGINT, signal.SIGTERM):
             signal.signal(stop, self._stop)
+        self._pids: set[int | None] = set()
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's replacement of dead workers (every 0.5 s), then the live gauges of every
+        worker gone since the last round (died, or replaced on SIGHUP) are dropped."""
+        super().keep_subprocess_alive()
+        pids = {process.pid for process in self.processes}
+        for pid in self._pids - pids:
+            if pid is not None:
+                metrics.process_dead(pid)
+        self._pids = pids
 
     def _stop(self, sig: int, frame: FrameType | None) -> None:
         # Only close and queue here: the supervisor's loop acts on the queue within 0.5 s.

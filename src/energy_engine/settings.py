@@ -6,7 +6,7 @@ import os
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import (
     AliasChoices,
@@ -66,6 +66,19 @@ def _comma_list(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"],
+    BeforeValidator(lambda level: level.lower() if isinstance(level, str) else level),
+]
+
+
+class LogFormat(StrEnum):
+    """How log lines are written to stderr."""
+
+    JSON = "json"  # one JSON object a line, for log collectors
+    PLAIN = "plain"  # one readable line, for a terminal
 
 
 class Settings(BaseSettings):
@@ -185,6 +198,11 @@ class Settings(BaseSettings):
     # Origins (e.g. `https://dashboard.example.com`, comma-separated) whose browser pages may
     # call the API; none by default (no CORS headers at all).
     cors_origins: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = []
+    # Logs (observability.logs): the least severe level written, the line format, and the one
+    # line per request that the RequestLog middleware writes (logger energy_engine.request).
+    log_level: LogLevel = "info"
+    log_format: LogFormat = LogFormat.JSON
+    request_log: bool = True
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:

@@ -39,6 +39,7 @@ from energy_engine.importer.assignments import (
     import_assignments,
     read_assignments,
 )
+from energy_engine.importer.chunks import Chunk
 from energy_engine.importer.files import (
     ReadProgress,
     UnreadableFile,
@@ -48,6 +49,7 @@ from energy_engine.importer.files import (
 )
 from energy_engine.importer.layout import UnsupportedHistory
 from energy_engine.importer.store import (
+    ChunkResult,
     Partitions,
     create_staging_tables,
     history_layouts,
@@ -55,6 +57,7 @@ from energy_engine.importer.store import (
     write_chunk,
 )
 from energy_engine.importer.validation import InvalidRows
+from energy_engine.observability import metrics
 from energy_engine.settings import Settings
 
 # For the import's session only. Sorting a chunk and holding it in a TEMP table want more
@@ -127,6 +130,7 @@ async def import_files(
                 if chunk.first_day is not None and chunk.last_day is not None:
                     await partitions.ensure(conn, chunk.first_day, chunk.last_day)
                 written = await write_chunk(conn, chunk, rollups=rollups)
+                _count(chunk, written)
                 report = reports[current]
                 report.read += chunk.rows
                 report.inserted += written.inserted
@@ -136,6 +140,7 @@ async def import_files(
                     current += 1
                     started = time.perf_counter()
         except InvalidRows as exc:
+            metrics.count_rejected("import", "unknown", len({p.line for p in exc.problems}))
             raise ImportStopped(exc, reports[: current + 1]) from None
         finally:
             # The reader may be inside a file: let it stop there before the file is closed.
@@ -144,6 +149,13 @@ async def import_files(
                 upcoming.exception()  # retrieved: an error after the first one says nothing new
             chunks.close()
     return reports
+
+
+def _count(chunk: Chunk, written: ChunkResult) -> None:
+    """The chunk's readings in the metrics (transport `import`)."""
+    metrics.observe_batch("import", chunk.rows)
+    metrics.count_stored("import", "meter", chunk.meters.read, written.meters_inserted)
+    metrics.count_stored("import", "vehicle", chunk.vehicles.read, written.vehicles_inserted)
 
 
 class _RowsColumn(ProgressColumn):

@@ -26,8 +26,10 @@ from energy_engine.errors import ApiError, ErrorItem, error_json, unavailable
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
 from energy_engine.ingest.writer import GroupWriter, Overloaded
+from energy_engine.observability import metrics
 from energy_engine.settings import Settings
 
+TRANSPORT = "http"  # in the metrics
 JSON_TYPE = "application/json"  # also assumed when a request names no Content-Type
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -42,6 +44,10 @@ class IngestHandler:
     def __init__(self, kind: Any, settings: Settings) -> None:
         self.settings = settings
         self.parser = ReadingParser.for_type(kind, settings)
+        # The stream of the route's readings in the metrics; a rejected mixed body's is unknown.
+        self.stream = (
+            "meter" if kind is MeterReading else "vehicle" if kind is VehicleReading else "unknown"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, _: str) -> None:
         writer: GroupWriter = scope["app"].state.writer
@@ -52,10 +58,13 @@ class IngestHandler:
             device = scope.get("energy.device_id")  # set by auth for a device-bound key
             if device is not None:
                 _only_device(device, readings, indexes)
+            metrics.observe_batch(TRANSPORT, len(readings))
             meters = [r for r in readings if isinstance(r, MeterReading)]
             vehicles = [r for r in readings if isinstance(r, VehicleReading)]
-            result = await writer.submit(meters, vehicles)
-        except ApiError as error:
+            result = await writer.submit(meters, vehicles, TRANSPORT)
+        except ApiError as error:  # the body refused: each item named, or the body whole
+            rejected = len({item.index for item in error.body.errors}) or 1
+            metrics.count_rejected(TRANSPORT, self.stream, rejected)
             await answer(send, error.status, error_json(error), error.headers)
             return
         except Overloaded:

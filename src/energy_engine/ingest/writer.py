@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from energy_engine.db import Pool
 from energy_engine.errors import log_outage, outage
 from energy_engine.ingest.models import IngestResult, MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
+from energy_engine.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class Overloaded(Exception):
 class _Request:
     meters: Sequence[MeterReading]
     vehicles: Sequence[VehicleReading]
+    transport: str
     done: asyncio.Future[IngestResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -81,10 +84,14 @@ class GroupWriter:
         await asyncio.gather(*self._tasks)
 
     async def submit(
-        self, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
+        self,
+        meters: Sequence[MeterReading],
+        vehicles: Sequence[VehicleReading],
+        transport: str = "http",
     ) -> IngestResult:
-        """Queue one request's readings; returns once they are committed."""
-        request = _Request(meters, vehicles)
+        """Queue one request's readings; returns once they are committed. `transport` names
+        where they came from in the metrics."""
+        request = _Request(meters, vehicles, transport)
         async with self._wake:
             # An empty queue takes any request: a batch larger than the bound must still pass.
             if self._closing or (self._queued and self._queued + request.size > self._max_queued):
@@ -129,16 +136,29 @@ class GroupWriter:
     async def _flush(self, requests: list[_Request]) -> None:
         meters = [r for request in requests for r in request.meters]
         vehicles = [r for request in requests for r in request.vehicles]
+        started = time.perf_counter()
         async with self._pool.acquire() as conn:
             new_meters, new_vehicles = await write_readings(conn, meters, vehicles)
+        metrics.observe_commit(len(meters) + len(vehicles), time.perf_counter() - started)
         self.flushes += 1
+        # Per transport: readings and new ones, meters then vehicles.
+        counts: dict[str, list[int]] = {}
         meter_at, vehicle_at = 1, 1
         for request in requests:
-            accepted = _count_in(new_meters, meter_at, meter_at + len(request.meters))
-            accepted += _count_in(new_vehicles, vehicle_at, vehicle_at + len(request.vehicles))
+            new_meter = _count_in(new_meters, meter_at, meter_at + len(request.meters))
+            new_vehicle = _count_in(new_vehicles, vehicle_at, vehicle_at + len(request.vehicles))
             meter_at += len(request.meters)
             vehicle_at += len(request.vehicles)
+            count = counts.setdefault(request.transport, [0, 0, 0, 0])
+            count[0] += len(request.meters)
+            count[1] += new_meter
+            count[2] += len(request.vehicles)
+            count[3] += new_vehicle
+            accepted = new_meter + new_vehicle
             if not request.done.done():
                 request.done.set_result(
                     IngestResult(accepted=accepted, duplicates=request.size - accepted)
                 )
+        for transport, (meter_count, new_meter, vehicle_count, new_vehicle) in counts.items():
+            metrics.count_stored(transport, "meter", meter_count, new_meter)
+            metrics.count_stored(transport, "vehicle", vehicle_count, new_vehicle)
