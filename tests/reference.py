@@ -230,10 +230,12 @@ async def stored_report(
 async def stored_body(
     conn: asyncpg.Connection, vehicle_id: str, start: datetime, end: datetime, settings: Settings
 ) -> dict[str, Any]:
-    """`stored_report`'s JSON body; the vehicle must be known."""
+    """`stored_report`'s JSON body as the per-vehicle report answers it; the vehicle must be
+    known, and no history retention is set (the whole window is kept)."""
     found = await stored_report(conn, vehicle_id, start, end, settings)
     assert found is not None, vehicle_id
-    return found.body(settings)
+    assert settings.history_retention is None
+    return {**found.body(settings), "historyFrom": None, "partial": False}
 
 
 def totals(reports: Sequence[Report], settings: Settings) -> dict[str, Any]:

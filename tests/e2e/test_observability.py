@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.conftest import ADMIN_KEY, AUTH
 from tests.e2e.test_serve import serve
 from tests.readings import meter, minute_ago, vehicle
 from tests.scrape import Key, delta, readings, samples, value
@@ -57,7 +58,7 @@ class Lines:
 
 def scrape(base: str) -> dict[Key, float]:
     """One scrape on a new connection (so either worker may answer)."""
-    response = httpx.get(f"{base}/metrics", timeout=10)
+    response = httpx.get(f"{base}/metrics", timeout=10, headers=AUTH)
     assert response.status_code == 200
     return samples(response.text)
 
@@ -74,7 +75,7 @@ async def send(base: str) -> list[int]:
     ]
     limit = asyncio.Semaphore(16)
     no_reuse = httpx.Limits(max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=no_reuse) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=no_reuse, headers=AUTH) as http:
 
         async def one(path: str, body: dict[str, Any]) -> int:
             async with limit:
@@ -127,6 +128,8 @@ def test_metrics_add_up_over_workers_and_each_request_logs_one_line(
         ]
         assert len(served) == 49
         assert len({line["request_id"] for line in served}) == 49
+        assert {line["key_id"] for line in served} == {ADMIN_KEY.id}  # the id, never the key
+        assert ADMIN_KEY.text not in "".join(str(line) for line in output.json())
         workers = {line["pid"] for line in served}
         assert len(workers) == WORKERS, "one worker took every request"
         assert process.pid not in workers

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
+from tests.conftest import AUTH
 from tests.readings import iso, meter, minute_ago, vehicle
 
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -74,7 +75,7 @@ def _scope(path: str, headers: dict[str, str]) -> dict[str, Any]:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": ("127.0.0.1", 50000),
         "server": ("engine", 80),
     }
@@ -101,7 +102,7 @@ async def test_client_gone_mid_body_gets_no_answer_and_nothing_is_stored(
     app: FastAPI, client: httpx.AsyncClient, conn: asyncpg.Connection, kind: str
 ) -> None:
     headers, body = BODIES[kind]
-    headers = {**headers, "content-length": str(len(body))}
+    headers = {**headers, **AUTH, "content-length": str(len(body))}
     half = len(body) // 2
     # What the server passes on when the connection closes after half of the body.
     messages: list[dict[str, Any]] = [

@@ -189,7 +189,9 @@ async def _reports(
     assert set(ranked) == {*GOOD, "V-bad", "V-nan"}
     for vehicle in GOOD:
         assert ranked[vehicle] == {
-            k: v for k, v in reports[vehicle].items() if k not in ("from", "to")
+            k: v
+            for k, v in reports[vehicle].items()
+            if k not in ("from", "to", "historyFrom", "partial")
         }
     fleet_status = await client.get("/v1/fleet/status")
     assert fleet_status.status_code == 200, fleet_status.text
