@@ -7,6 +7,9 @@ do not.
     git worktree add /tmp/base <revision>
     .venv/bin/python -m benchmarks.compare --base /tmp/base/src --new src --rounds 3
 
+One revision against itself under other settings: `--base src --new src --base-env
+ENERGY_AUTH=off --loads single --fleet-requests 0` (authentication's cost on the hot path).
+
 Each revision runs against its own database on one embedded PostgreSQL, seeded with the same
 simulated fleet (1,000 meters and vehicles × 24 h) through its own `import`.
 """
@@ -87,7 +90,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--fleet-requests", type=int, default=7)
     parser.add_argument("--out", type=Path, help="also write the results as Markdown here")
+    parser.add_argument(
+        "--base-env", action="append", default=[], metavar="NAME=VALUE",
+        help="an environment variable for the base revision's engine only (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loads", default="single,batch,report",
+        help="which wrk loads to run, of single, batch, report (comma-separated)",
+    )  # fmt: skip
     options = parser.parse_args()
+    base_env = dict(item.split("=", 1) for item in options.base_env)
+    chosen = options.loads.split(",")
+    loads = [load for load, key in zip(LOADS, ("single", "batch", "report"), strict=True)
+             if key in chosen]  # fmt: skip
     trees = {"base": str(Path(options.base).resolve()), "new": str(Path(options.new).resolve())}
     wrk = harness.ensure_wrk()
     results: dict[tuple[str, str], list[harness.WrkRun]] = {}
@@ -112,6 +127,8 @@ def main() -> None:
             for round_ in range(options.rounds):
                 for name, src in trees.items():
                     os.environ["PYTHONPATH"] = src
+                    extra = base_env if name == "base" else {}
+                    os.environ.update(extra)
                     log = Path(work) / f"{name}.log"
                     with harness.engine(urls[name], log=log) as base:
                         if round_ == 0:
@@ -121,11 +138,16 @@ def main() -> None:
                             lines.append(f"rollups {name:4} caught up in {waited:.1f} s")
                             print(lines[-1], flush=True)
                             asyncio.run(vacuum(urls[name]))
-                        for label, ms in _fleet_ms(base, options.fleet_requests).items():
+                        ranked = (
+                            _fleet_ms(base, options.fleet_requests)
+                            if options.fleet_requests
+                            else {}
+                        )
+                        for label, ms in ranked.items():
                             fleet_ms.setdefault((label, name), []).append(ms)
                             lines.append(f"round {round_ + 1} {name:4} {label:22} p50 {ms:7.1f} ms")
                             print(lines[-1], flush=True)
-                        for label, script, connections, _ in LOADS:
+                        for label, script, connections, _ in loads:
                             env = {
                                 "BENCH_PREFIX": f"c{uuid.uuid4().hex[:6]}",
                                 "BENCH_BATCH": "1000",
@@ -142,8 +164,10 @@ def main() -> None:
                                 f"errors {run.status_errors}+{run.socket_errors}"
                             )
                             print(lines[-1], flush=True)
+                    for variable in extra:
+                        os.environ.pop(variable)
     table = ["| load | base (median) | new (median) | new / base |", "|---|---|---|---|"]
-    for label, _, _, per_request in LOADS:
+    for label, _, _, per_request in loads:
         medians = {}
         for name in trees:
             runs = results[(label, name)]
@@ -156,7 +180,7 @@ def main() -> None:
             f"| {label} | {b_rate:,.0f} {unit}, p99 {b_p99:.1f} ms | "
             f"{n_rate:,.0f} {unit}, p99 {n_p99:.1f} ms | {n_rate / b_rate:.2f} |"
         )
-    for label in ("fleet, default window", "fleet, half-past day"):
+    for label in ("fleet, default window", "fleet, half-past day") if fleet_ms else ():
         b_ms, n_ms = (statistics.median(fleet_ms[(label, name)]) for name in ("base", "new"))
         # NaN (every request of a revision failed) prints as nan: the runs below say why.
         table.append(f"| {label} (p50) | {b_ms:,.0f} ms | {n_ms:,.0f} ms | {b_ms / n_ms:.2f} |")
@@ -175,7 +199,9 @@ def main() -> None:
             f"- Command: `{shlex.join(['python', *sys.argv])}`\n"
             f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n"
             f"- Machine: {harness.machine()}\n"
-            f"- Revisions: base {revisions['base']}, new {revisions['new']}\n"
+            f"- Revisions: base {revisions['base']}, new {revisions['new']}"
+            + (f" (base with {', '.join(options.base_env)})" if base_env else "")
+            + "\n"
             f"- Medians of {options.rounds} interleaved runs of {options.seconds} s each\n\n"
             + "\n".join(table)
             + "\n\n## Runs\n\n```\n"
