@@ -139,6 +139,7 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
                 import_row = _seed_and_import(base, url, options, say)
                 rows.append(_analytics(wrk, base, url, options, say))
                 rows.append(import_row)
+            rows.append(_auth_cost(wrk, url, options, say))
             rows.append(asyncio.run(_storage(url)))
             asyncio.run(
                 db.run_statements(admin_url, f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
@@ -327,6 +328,40 @@ def _single_ingest(wrk: str, base: str, url: str, options: Options, say: Say) ->
         f"{errors} errors, {'0 lost' if stored else 'READINGS LOST'}",
         run.per_second >= 5000 and run.p99_ms <= 50 and errors == 0 and stored,
         [_runs_line(runs, 1), "acknowledged vs stored: " + "; ".join(checks)],
+    )
+
+
+def _auth_cost(wrk: str, url: str, options: Options, say: Say) -> Row:
+    """Single readings with API keys checked and with authentication off, one engine after the
+    other for each repeat, so that both see the same machine and the same database."""
+    seconds = options.single_seconds
+    say(f"scenario 11: single readings, authentication on and off, wrk -c64 -d{seconds}s")
+    runs: dict[str, list[WrkRun]] = {"on": [], "off": []}
+    for _ in range(options.repeat):
+        for mode in ("on", "off"):
+            os.environ["ENERGY_AUTH"] = mode
+            try:
+                with engine(url, workers=options.workers, log=options.work / "auth.log") as base:
+                    env = {"BENCH_PREFIX": "a" + uuid.uuid4().hex[:6], "BENCH_BATCH": "1"}
+                    run = run_wrk(
+                        wrk, options.scripts, "single.lua", base, connections=64,
+                        seconds=seconds, env=env,
+                    )  # fmt: skip
+            finally:
+                os.environ.pop("ENERGY_AUTH")
+            say(f"  auth {mode}: {run.per_second:,.0f} req/s, p99 {run.p99_ms:.1f} ms")
+            runs[mode].append(run)
+    on, off = median_run(runs["on"]), median_run(runs["off"])
+    share = on.per_second / off.per_second
+    return Row(
+        11,
+        "Single-reading POST with API keys checked, against authentication off (interleaved, "
+        "64 connections)",
+        "≥ 90 % of the requests/s without authentication",
+        f"{on.per_second:,.0f} req/s (p99 {on.p99_ms:.1f} ms) against {off.per_second:,.0f} "
+        f"(p99 {off.p99_ms:.1f} ms) = {share:.0%}",
+        share >= 0.9,
+        [f"auth {mode}: " + _runs_line(found, 1) for mode, found in runs.items()],
     )
 
 
