@@ -56,7 +56,10 @@ async def test_a_window_reaching_past_retention_is_flagged_partial(
     async with client_with(max_reading_age=YOUNG, history_retention=HISTORY) as http:
         await _known(http)
         asked = datetime.now(UTC)
-        past = await _get(http, path, minute_ago(14 * 24 * 60 + 30))  # off the hour
+        # Off the hour whatever the clock says: half past, about 14 days ago.
+        past = await _get(
+            http, path, minute_ago(0).replace(minute=30) - timedelta(days=14, hours=1)
+        )
         inside = await _get(http, path, minute_ago(2 * 24 * 60))
     assert past["partial"] is True and inside["partial"] is False
     kept_from = datetime.fromisoformat(past["historyFrom"])

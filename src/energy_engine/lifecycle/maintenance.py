@@ -43,11 +43,12 @@ MAINTENANCE_LOCK_KEY = 0x656E_6D61_696E_74
 # Rollup rows deleted a transaction: a batch takes a few milliseconds and short row locks.
 ROLLUP_BATCH = 5_000
 
-_ROLLUP_DELETES = (
-    queries.delete_meter_hours,
-    queries.delete_vehicle_hours,
-    queries.delete_meter_days,
-    queries.delete_vehicle_days,
+# Each rollup table, the column its rows are timed by, and how long a row covers.
+_ROLLUP_TABLES = (
+    ("meter_rollups", "hour", timedelta(hours=1)),
+    ("vehicle_rollups", "hour", timedelta(hours=1)),
+    ("meter_day_rollups", "day", timedelta(days=1)),
+    ("vehicle_day_rollups", "day", timedelta(days=1)),
 )
 
 
@@ -169,9 +170,11 @@ async def _drop(conn: Connection, partition: ExpiredPartition, lock_timeout: tim
 async def _delete_rollups(conn: Connection, cutoff: datetime) -> int:
     """Delete the rollups wholly before `cutoff`, ROLLUP_BATCH rows a transaction."""
     deleted = 0
-    for statement in _ROLLUP_DELETES:
+    for table, column, span in _ROLLUP_TABLES:
         while True:
-            gone: int = await conn.fetchval(statement, cutoff, ROLLUP_BATCH)
+            gone: int = await conn.fetchval(
+                queries.delete_expired_rollups, table, column, span, cutoff, ROLLUP_BATCH
+            )
             deleted += gone
             if gone < ROLLUP_BATCH:
                 break

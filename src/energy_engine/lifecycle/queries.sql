@@ -46,46 +46,10 @@ SELECT (SELECT count(*) FROM meter_rollups WHERE hour <= $1::timestamptz - inter
        (SELECT count(*) FROM meter_day_rollups WHERE day <= $1::timestamptz - interval '1 day') AS meter_days,
        (SELECT count(*) FROM vehicle_day_rollups WHERE day <= $1::timestamptz - interval '1 day') AS vehicle_days;
 
--- name: delete_meter_hours
--- At most $2 of the hour rollups wholly before $1; the caller repeats it until fewer go.
-WITH doomed AS (
-    SELECT meter_id, hour FROM meter_rollups WHERE hour <= $1::timestamptz - interval '1 hour' LIMIT $2
-), gone AS (
-    DELETE FROM meter_rollups r USING doomed d
-    WHERE r.meter_id = d.meter_id AND r.hour = d.hour
-    RETURNING 1
-)
-SELECT count(*) FROM gone;
-
--- name: delete_vehicle_hours
-WITH doomed AS (
-    SELECT vehicle_id, hour FROM vehicle_rollups WHERE hour <= $1::timestamptz - interval '1 hour' LIMIT $2
-), gone AS (
-    DELETE FROM vehicle_rollups r USING doomed d
-    WHERE r.vehicle_id = d.vehicle_id AND r.hour = d.hour
-    RETURNING 1
-)
-SELECT count(*) FROM gone;
-
--- name: delete_meter_days
-WITH doomed AS (
-    SELECT meter_id, day FROM meter_day_rollups WHERE day <= $1::timestamptz - interval '1 day' LIMIT $2
-), gone AS (
-    DELETE FROM meter_day_rollups r USING doomed d
-    WHERE r.meter_id = d.meter_id AND r.day = d.day
-    RETURNING 1
-)
-SELECT count(*) FROM gone;
-
--- name: delete_vehicle_days
-WITH doomed AS (
-    SELECT vehicle_id, day FROM vehicle_day_rollups WHERE day <= $1::timestamptz - interval '1 day' LIMIT $2
-), gone AS (
-    DELETE FROM vehicle_day_rollups r USING doomed d
-    WHERE r.vehicle_id = d.vehicle_id AND r.day = d.day
-    RETURNING 1
-)
-SELECT count(*) FROM gone;
+-- name: delete_expired_rollups
+-- At most $5 rows of the rollup table $1 (timed by column $2, each row covering $3) wholly
+-- before $4; the caller repeats it until fewer go (migrations/0003_maintenance.sql).
+SELECT delete_expired_rollups($1::regclass, $2, $3, $4, $5);
 
 -- name: record_run
 INSERT INTO maintenance_runs (

@@ -31,3 +31,27 @@ BEGIN
     EXECUTE format('DROP TABLE %s', child);
 END;
 $$;
+
+-- Deletes at most `batch` rows of one rollup table that end at or before `cutoff` (the row
+-- timed `time_column` covers `span`), picked by the table's time index and deleted by tuple
+-- id; returns how many went. One function for the four rollup tables, which differ only in
+-- name; any other table is refused, as by drop_history_partition.
+CREATE FUNCTION delete_expired_rollups(
+    rollups regclass, time_column text, span interval, cutoff timestamptz, batch integer
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    gone bigint;
+BEGIN
+    IF rollups NOT IN ('meter_rollups'::regclass, 'vehicle_rollups'::regclass,
+                       'meter_day_rollups'::regclass, 'vehicle_day_rollups'::regclass) THEN
+        RAISE EXCEPTION '% is not a rollup table', rollups;
+    END IF;
+    EXECUTE format('DELETE FROM %s WHERE ctid = ANY (ARRAY('
+                   'SELECT ctid FROM %s WHERE %I <= $1 - $2 LIMIT $3))',
+                   rollups, rollups, time_column)
+    USING cutoff, span, batch;
+    GET DIAGNOSTICS gone = ROW_COUNT;
+    RETURN gone;
+END;
+$$;
