@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -148,7 +149,7 @@ class Settings(BaseSettings):
     rollup_retention: timedelta | None = None
     # Packed history (migrations/0005_packed_history.sql): the maintenance loop rewrites each
     # day partition of history lying wholly before now - pack_after as one row per device and
-    # hour (about 20 instead of 110 bytes a reading); None keeps history raw. Late readings
+    # hour (about 20 instead of 110 bytes a reading); None (`off`) keeps history raw. Late readings
     # for a packed day are still accepted and counted.
     pack_after: timedelta | None = Field(default=timedelta(days=2), gt=timedelta(0))
     # How long a partition drop waits for its table lock (DROP takes an ACCESS EXCLUSIVE lock on
@@ -208,6 +209,12 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: LogFormat = LogFormat.JSON
     request_log: bool = True
+
+    @field_validator("pack_after", mode="before")
+    @classmethod
+    def _pack_off(cls, value: object) -> object:
+        # ENERGY_PACK_AFTER=off keeps history raw (an environment variable cannot be None).
+        return None if isinstance(value, str) and value.strip().lower() == "off" else value
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
