@@ -40,6 +40,15 @@ HISTORY = (queries.fleet_meter_history, queries.fleet_vehicle_history)
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """What `write_history` wrote: every later step reads the same days, even past midnight."""
+
+    readings: int
+    day: datetime  # the measured calendar day (yesterday when written)
+    written_to: datetime  # the last minute written (then the current one)
+
+
+@dataclass(frozen=True, slots=True)
 class Measured:
     """Milliseconds per request (the fleet ranking, the series) and the wrk runs."""
 
@@ -47,7 +56,6 @@ class Measured:
     shifted: list[float]  # the fleet over a day starting at half past
     default: list[float]  # the fleet over the default window (no from/to)
     default_window: str  # [from, to) the engine answered for the default window
-    written_to: datetime  # the last minute of history written
     month: list[WrkRun]  # 30-day per-vehicle summaries
     series: list[float]  # 30 daily points of one vehicle
 
@@ -58,9 +66,9 @@ def window_day() -> datetime:
     return today - timedelta(days=1)
 
 
-async def write_history(url: str, fleet: int) -> tuple[int, datetime]:
+async def write_history(url: str, fleet: int) -> History:
     """The whole fleet from an hour before yesterday up to this minute, 29 earlier days for
-    the first vehicles; returns the readings written and the last minute written."""
+    the first vehicles."""
     day = window_day()
     first = day - timedelta(days=LONG_HISTORY_DAYS - 1)
     long_fleet = min(fleet, LONG_HISTORY_VEHICLES)
@@ -80,7 +88,7 @@ async def write_history(url: str, fleet: int) -> tuple[int, datetime]:
         await conn.execute(queries.fleet_vehicle_state, last, fleet)
         await conn.execute(queries.fleet_assignments, first - timedelta(days=1), fleet)
         await conn.execute("VACUUM ANALYZE")
-        return written, last
+        return History(written, day, last)
     finally:
         await conn.close()
 
@@ -188,15 +196,14 @@ def measure(
     log: Path,
     *,
     fleet: int,
-    written_to: datetime,
+    day: datetime,
     requests: int,
     repeat: int,
     seconds: int,
 ) -> Measured:
     """Against a running engine on the fleet database: the fleet ranking (whole-hour calendar
     day, a day starting at half past, the default window) and wrk on 30-day per-vehicle
-    summaries."""
-    day = window_day()
+    summaries; `day` is the calendar day measured."""
     with engine(url, log=log) as base:
         # An hour sealed since the history was rolled up is the refresher's: wait for it.
         asyncio.run(rollups_caught_up(url))
@@ -233,7 +240,7 @@ def measure(
             {"from": iso(end - timedelta(days=30)), "to": iso(end), "step": "1d"},
             requests,
         )
-    return Measured(aligned, shifted, default, default_window, written_to, month, series)
+    return Measured(aligned, shifted, default, default_window, month, series)
 
 
 # --- packed history (issue 14) ------------------------------------------------------------
@@ -268,14 +275,13 @@ def _odd_minute(rng: random.Random) -> timedelta:
     return timedelta(hours=rng.randrange(24), minutes=rng.randrange(1, 60, 2))
 
 
-def old_requests(fleet: int) -> list[Request]:
-    """Analytics requests over windows in the days before the measured day (the days packed),
+def old_requests(fleet: int, day: datetime) -> list[Request]:
+    """Analytics requests over windows in the days before the measured `day` (the days packed),
     starting and ending at odd minutes so that their edges are read from readings, not
     rollups: 20 per-vehicle reports from 38 minutes to 9 days (two running on into the
     measured day, whose readings stay raw), 3 series by hour and by day, and 3 fleet rankings
     of days starting at half past. The same list every time (a fixed seed)."""
     rng = random.Random(14)
-    day = window_day()
     first = day - timedelta(days=LONG_HISTORY_DAYS - 1)
     long = min(fleet, LONG_HISTORY_VEHICLES)
     # Whole even minutes long: a window starting at an odd minute never ends on the hour.
@@ -330,8 +336,10 @@ def answers(base: str, requests: list[Request]) -> list[tuple[int, object]]:
 def _difference(request: Request, before: tuple[int, object], after: tuple[int, object]) -> str:
     path, params = request
     where = f"{path}?" + "&".join(f"{k}={v}" for k, v in params.items())
-    if before[0] != after[0] or not (isinstance(before[1], dict) and isinstance(after[1], dict)):
+    if before[0] != after[0] or before[0] != 200:
         return f"{where}: status {before[0]} then {after[0]}: {str(after[1])[:200]}"
+    if not (isinstance(before[1], dict) and isinstance(after[1], dict)):
+        return f"{where}: {str(before[1])[:120]} then {str(after[1])[:120]}"
     keys = sorted(
         k for k in before[1].keys() | after[1].keys() if before[1].get(k) != after[1].get(k)
     )
@@ -363,26 +371,24 @@ async def _pack(url: str, before: datetime) -> tuple[int, int, int, tuple[int, i
         await conn.close()
 
 
-def pack_and_compare(url: str, log: Path, *, fleet: int) -> Packed:
-    """Answers over old windows, then every day before the measured day packed, then the same
-    requests again from a freshly started engine (no process holds answers or rows from
-    before), and the packed tables' size."""
-    requests = old_requests(fleet)
+def pack_and_compare(url: str, log: Path, *, fleet: int, day: datetime) -> Packed:
+    """Answers over old windows, then every day before the measured `day` packed, then the
+    same requests again from a freshly started engine (no process holds answers or rows from
+    before), and the packed tables' size. An answer other than 200 before packing counts as
+    a mismatch too: an error equal to itself proves nothing."""
+    requests = old_requests(fleet, day)
     with engine(url, log=log) as base:
         asyncio.run(rollups_caught_up(url))
         before = answers(base, requests)
-    boundary = window_day()
-    raw_readings, packed, raw_left, raw_bytes, packed_bytes, seconds = asyncio.run(
-        _pack(url, boundary)
-    )
+    raw_readings, packed, raw_left, raw_bytes, packed_bytes, seconds = asyncio.run(_pack(url, day))
     with engine(url, log=log) as base:
         after = answers(base, requests)
     mismatches = [
         _difference(request, was, now)
         for request, was, now in zip(requests, before, after, strict=True)
-        if was != now
+        if was != now or was[0] != 200
     ]
     return Packed(
-        boundary, raw_readings, packed, raw_left, packed_bytes, raw_bytes, seconds,
+        day, raw_readings, packed, raw_left, packed_bytes, raw_bytes, seconds,
         len(requests), mismatches,
     )  # fmt: skip

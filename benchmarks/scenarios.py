@@ -785,7 +785,8 @@ def _fleet(
     )
     fleet.migrate(url)
     began = time.perf_counter()
-    readings, written_to = asyncio.run(fleet.write_history(url, size))
+    history = asyncio.run(fleet.write_history(url, size))
+    readings = history.readings
     say(f"  {readings:,} readings in {time.perf_counter() - began:.0f} s; rolling them up")
     rolled_in = asyncio.run(fleet.roll_up(url))
     roll_rate = readings / rolled_in
@@ -796,7 +797,7 @@ def _fleet(
         url,
         options.work / "engine-fleet.log",
         fleet=size,
-        written_to=written_to,
+        day=history.day,
         requests=options.fleet_requests,
         repeat=options.repeat,
         seconds=options.analytics_seconds,
@@ -810,7 +811,8 @@ def _fleet(
     month = median_run(measured.month)
     say(f"  30-day summaries: {month.per_second:,.0f} req/s, p99 {month.p99_ms:.1f} ms")
     say("scenario 17: packing the days before the measured day")
-    packed = fleet.pack_and_compare(url, options.work / "engine-fleet.log", fleet=size)
+    log = options.work / "engine-fleet.log"
+    packed = fleet.pack_and_compare(url, log, fleet=size, day=history.day)
     say(
         f"  {packed.packed:,} readings packed in {packed.seconds:.1f} s: "
         f"{packed.per_reading:.1f} B each; {len(packed.mismatches)} of {packed.requests} "
@@ -823,7 +825,7 @@ def _fleet(
     errors = sum(r.status_errors + r.socket_errors for r in measured.month)
     in_window = f"{size * 1440:,} vehicle + {size * 1440:,} meter readings in the window"
     data = (
-        f"the data: {readings:,} readings in all, up to {fleet.iso(measured.written_to)}, "
+        f"the data: {readings:,} readings in all, up to {fleet.iso(history.written_to)}, "
         f"rolled up in {rolled_in:.1f} s"
     )
     return [

@@ -157,7 +157,7 @@ def test_the_old_windows_lie_in_the_packed_days_and_end_off_the_hour() -> None:
     """Scenario 17 compares answers over the days it packs: every window starts there, and
     neither end is a whole hour (the edges come from readings, not rollups)."""
     day = fleet.window_day()
-    requests = fleet.old_requests(10_000)
+    requests = fleet.old_requests(10_000, day)
     assert len(requests) == 26 and len(set(map(str, requests))) == 26
     for path, params in requests:
         start, end = (datetime.fromisoformat(params[key]) for key in ("from", "to"))
