@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -410,14 +410,22 @@ EXCEPTION WHEN insufficient_privilege THEN NULL; END $$
 """
 
 
-async def prepare(conn: Connection, settings: Settings) -> dict[str, Any]:
-    """Migrate and create partitions; what start-up and `energy-engine migrate` both do."""
+@asynccontextmanager
+async def unbounded_session(conn: Connection) -> AsyncIterator[None]:
+    """The session's statement_timeout and temp_file_limit lifted for the block (upkeep that
+    runs outside a transaction), then back to the connection's values."""
     await conn.execute(_UNBOUNDED_SESSION)
     try:
-        applied = await migrate(conn)
-        created = await ensure_partitions_ahead(conn, settings)
+        yield
     finally:
         await conn.execute(_BOUNDED_SESSION)
+
+
+async def prepare(conn: Connection, settings: Settings) -> dict[str, Any]:
+    """Migrate and create partitions; what start-up and `energy-engine migrate` both do."""
+    async with unbounded_session(conn):
+        applied = await migrate(conn)
+        created = await ensure_partitions_ahead(conn, settings)
     return {"applied": applied, "partitions_created": created}
 
 

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     # hour and day rollups wholly before now - rollup_retention (None: kept).
     history_retention: timedelta | None = None
     rollup_retention: timedelta | None = None
+    # Packed history (migrations/0005_packed_history.sql): the maintenance loop rewrites each
+    # day partition of history lying wholly before now - pack_after as one row per device and
+    # hour (about 20 instead of 110 bytes a reading); None keeps history raw. Late readings
+    # for a packed day are still accepted and counted.
+    pack_after: timedelta | None = Field(default=timedelta(days=2), gt=timedelta(0))
     # How long a partition drop waits for its table lock (DROP takes an ACCESS EXCLUSIVE lock on
     # the partitioned table, and ingest queues behind a waiting DROP); a drop that times out is
     # retried at the next round.

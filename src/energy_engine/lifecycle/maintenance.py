@@ -1,4 +1,4 @@
-"""The maintenance loop's round: history partitions ahead, retention, and the record of it.
+"""The maintenance loop's round: history partitions ahead, packing, retention, and the record.
 
 One process at a time does the work, whatever the number of workers and hosts: a round first
 tries a session-level advisory lock (MAINTENANCE_LOCK_KEY) and returns at once, doing nothing,
@@ -14,6 +14,11 @@ also on 15 and 16), which locks less but cannot run in a transaction block, wait
 for every transaction that might see the partition, and when interrupted leaves the partition
 "detach pending" until someone runs DETACH … FINALIZE: more states for a loop to repair, to
 save a lock held for milliseconds (the engine already takes the same lock to create partitions).
+
+Packing (Settings.pack_after) rewrites each raw day partition older than that as one row per
+device and hour (migrations/0005_packed_history.sql), a partition a transaction, then gives the
+emptied partition's space back: VACUUM truncates its heap and REINDEX … CONCURRENTLY rebuilds
+its indexes empty, both waiting out snapshots that may still see the moved rows.
 
 Rollups (hour and day) are plain tables, not partitioned: a device-day is 24 + 1 small rows, so
 there is no size a partition scheme would pay for. Their retention deletes by time range in
@@ -90,6 +95,8 @@ class Round:
     dropped: list[ExpiredPartition] = field(default_factory=list)
     postponed: list[str] = field(default_factory=list)  # drops that met lock_timeout
     rollups_deleted: int = 0
+    packed: list[str] = field(default_factory=list)  # raw partitions packed
+    readings_packed: int = 0
 
     @property
     def bytes_freed(self) -> int:
@@ -109,6 +116,8 @@ class LastRun:
     drops_postponed: int
     rollups_deleted: int
     bytes_freed: int
+    partitions_packed: int
+    readings_packed: int
 
 
 def cutoffs(settings: Settings, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -181,6 +190,43 @@ async def _delete_rollups(conn: Connection, cutoff: datetime) -> int:
     return deleted
 
 
+async def _pack(conn: Connection, name: str, lock_timeout: timedelta) -> int | None:
+    """Pack one raw day partition and give its space back; None if its lock was not had
+    within `lock_timeout` (the next round tries again)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(db.UNBOUNDED_TRANSACTION)
+            await conn.execute(
+                queries.set_lock_timeout, f"{int(lock_timeout.total_seconds() * 1000)}ms"
+            )
+            moved: int = await conn.fetchval(queries.pack_partition, name, timeout=None)
+    except asyncpg.LockNotAvailableError:
+        return None
+    # Outside a transaction: VACUUM and REINDEX … CONCURRENTLY cannot run in one. The name
+    # comes from the catalog (packable_partitions), quoted there by regclass::text.
+    async with db.unbounded_session(conn):
+        await conn.execute(f"VACUUM {name}", timeout=None)
+        await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}", timeout=None)
+    return moved
+
+
+async def pack_history(conn: Connection, settings: Settings, now: datetime) -> Round:
+    """Pack every raw day partition wholly before now - pack_after (a round's packing step)."""
+    packed: list[str] = []
+    readings = 0
+    if settings.pack_after is not None:
+        rows = await conn.fetch(queries.packable_partitions, now - settings.pack_after)
+        for row in rows:
+            moved = await _pack(conn, row["name"], settings.retention_lock_timeout)
+            if moved is None:
+                log.warning("packing postponed %s: its table stayed locked", row["name"])
+                continue
+            packed.append(row["name"])
+            readings += moved
+            log.info("packed %s (%d readings)", row["name"], moved)
+    return Round(datetime.now(UTC), None, None, 0, packed=packed, readings_packed=readings)
+
+
 async def _work(conn: Connection, settings: Settings, now: datetime) -> Round:
     """One round's work, under the maintenance lock."""
     created = await db.ensure_partitions_ahead(conn, settings)
@@ -195,9 +241,21 @@ async def _work(conn: Connection, settings: Settings, now: datetime) -> Round:
             else:
                 postponed.append(partition.name)
                 log.warning("retention postponed %s: its table stayed locked", partition.name)
+    # After the drops: a day about to go is not packed first.
+    packing = await pack_history(conn, settings, now)
     deleted = 0 if rollup_cutoff is None else await _delete_rollups(conn, rollup_cutoff)
     finished = datetime.now(UTC)
-    done = Round(finished, history_cutoff, rollup_cutoff, created, dropped, postponed, deleted)
+    done = Round(
+        finished,
+        history_cutoff,
+        rollup_cutoff,
+        created,
+        dropped,
+        postponed,
+        deleted,
+        packing.packed,
+        packing.readings_packed,
+    )
     await conn.execute(
         queries.record_run,
         done.finished_at,
@@ -208,6 +266,8 @@ async def _work(conn: Connection, settings: Settings, now: datetime) -> Round:
         len(postponed),
         deleted,
         done.bytes_freed,
+        len(done.packed),
+        done.readings_packed,
     )
     return done
 

@@ -10,7 +10,7 @@ SELECT pg_try_advisory_lock($1);
 SELECT pg_advisory_unlock($1);
 
 -- name: expired_partitions
--- History partitions wholly before $1 (their upper bound at or before it), oldest first, with
+-- History partitions, raw and packed, wholly before $1 (their upper bound at or before it), oldest first, with
 -- the planner's row estimate (-1: never analysed) and their size with indexes and TOAST. The
 -- bounds are read from the catalog, not from the names, so any partition counts; one bounded
 -- by MINVALUE or MAXVALUE matches no pattern and is never dropped.
@@ -28,7 +28,9 @@ CROSS JOIN LATERAL (
         pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)'
     ) AS m
 ) bounds
-WHERE i.inhparent IN (to_regclass('meter_readings'), to_regclass('vehicle_readings'))
+WHERE i.inhparent IN (to_regclass('meter_readings'), to_regclass('vehicle_readings'),
+                      to_regclass('meter_readings_packed'),
+                      to_regclass('vehicle_readings_packed'))
   AND bounds.m[2]::timestamptz <= $1
 ORDER BY range_to, name;
 
@@ -54,8 +56,8 @@ SELECT delete_expired_rollups($1::regclass, $2, $3, $4, $5);
 -- name: record_run
 INSERT INTO maintenance_runs (
     finished_at, history_cutoff, rollup_cutoff, partitions_created, partitions_dropped,
-    drops_postponed, rollups_deleted, bytes_freed
-) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    drops_postponed, rollups_deleted, bytes_freed, partitions_packed, readings_packed
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (only_row) DO UPDATE SET
     finished_at = excluded.finished_at,
     history_cutoff = excluded.history_cutoff,
@@ -64,9 +66,19 @@ ON CONFLICT (only_row) DO UPDATE SET
     partitions_dropped = excluded.partitions_dropped,
     drops_postponed = excluded.drops_postponed,
     rollups_deleted = excluded.rollups_deleted,
-    bytes_freed = excluded.bytes_freed;
+    bytes_freed = excluded.bytes_freed,
+    partitions_packed = excluded.partitions_packed,
+    readings_packed = excluded.readings_packed;
 
 -- name: last_run
 SELECT finished_at, history_cutoff, rollup_cutoff, partitions_created, partitions_dropped,
-       drops_postponed, rollups_deleted, bytes_freed
+       drops_postponed, rollups_deleted, bytes_freed, partitions_packed, readings_packed
 FROM maintenance_runs;
+
+-- name: packable_partitions
+-- Raw day partitions wholly before $1 that hold readings, oldest first.
+SELECT child::text AS name FROM packable_partitions($1) AS child;
+
+-- name: pack_partition
+-- Moves one raw day partition's readings into the packed form (migrations/0005).
+SELECT pack_reading_partition($1::regclass);
