@@ -915,7 +915,7 @@ def _packed_row(packed: fleet.Packed) -> Row:
             f"packed tables: {packed.packed_bytes:,} bytes (pg_total_relation_size of their "
             "partitions, after VACUUM ANALYZE)",
             f"raw tables, heap + indexes + TOAST: {raw_before:,} bytes before packing, "
-            f"{raw_after:,} after",
+            f"{raw_after:,} after (VACUUM; the emptied partitions' indexes not rebuilt)",
             "answers compared: per-vehicle reports, series and fleet rankings over those days "
             "(fleet.old_requests), from engines started before and after packing",
             *packed.mismatches,
