@@ -32,7 +32,8 @@ from pathlib import Path
 import httpx
 
 from benchmarks import harness
-from benchmarks.scenarios import post_assignments, rollups_caught_up, vacuum
+from benchmarks.fleet import rollups_caught_up
+from benchmarks.scenarios import post_assignments, vacuum
 from energy_engine import db
 
 SCRIPTS = Path(__file__).resolve().parent

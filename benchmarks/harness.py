@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,9 +136,24 @@ def api_headers() -> dict[str, str]:
     return keyfile.headers(os.environ.get("ENERGY_API_KEY"))
 
 
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A running `energy-engine serve`: its base URL and the process id of the command."""
+
+    base: str
+    pid: int
+
+
 @contextlib.contextmanager
 def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
-    """A running `energy-engine serve` on `database_url`; yields its base URL.
+    """A running `energy-engine serve` on `database_url`; yields its base URL (see `serve`)."""
+    with serve(database_url, workers=workers, log=log) as server:
+        yield server.base
+
+
+@contextlib.contextmanager
+def serve(database_url: str, *, workers: int = 1, log: Path) -> Iterator[Server]:
+    """A running `energy-engine serve` on `database_url`; yields its URL and process id.
 
     The first start on a database creates its admin key and writes it to a data directory
     of that database's own beside the log (never the checkout's .energy-engine/); while the
@@ -164,7 +180,7 @@ def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
         key = keyfile.read(data_dir) or given_key
         if key:
             os.environ["ENERGY_API_KEY"] = key
-        yield base
+        yield Server(base, process.pid)
     finally:
         if given_key is None:
             os.environ.pop("ENERGY_API_KEY", None)
@@ -175,6 +191,57 @@ def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The processes of the engine started as `pid` that answer requests: with `--workers N`
+    the N children uvicorn spawned (not multiprocessing's resource tracker), else `pid`."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # The parent id is the 2nd field after the parenthesised command name.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                if b"spawn_main" in command:
+                    children.append(int(entry.name))
+    return sorted(children) or [pid]
+
+
+def _rss_bytes(pid: int) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # the kernel says kB: KiB
+    return None  # gone, or a kernel thread
+
+
+@contextlib.contextmanager
+def rss_peaks(pid: int, every_s: float = 0.2) -> Iterator[dict[int, int]]:
+    """While the block runs, the highest resident set size (VmRSS, bytes) of each worker
+    process of the engine started as `pid`, sampled every `every_s` in a thread; the dict
+    yielded fills in as it goes (worker pid -> bytes)."""
+    peaks: dict[int, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            for worker in worker_pids(pid):
+                rss = _rss_bytes(worker)
+                if rss is not None:
+                    peaks[worker] = max(rss, peaks.get(worker, 0))
+            if stop.wait(every_s):
+                return
+
+    thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _ready(base: str) -> bool:

@@ -52,11 +52,31 @@ SELECT (SELECT count(*) FROM rollup_dirty)
 
 
 -- name: partition_sizes
--- Heap and index bytes of every partition of the history table $1.
-SELECT sum(pg_relation_size(c.oid)) AS heap, sum(pg_indexes_size(c.oid)) AS indexes
-FROM pg_inherits AS i
-JOIN pg_class AS c ON c.oid = i.inhrelid
-WHERE i.inhparent = $1::regclass;
+-- Heap and index bytes (every index: primary key and BRIN) of every partition of the history
+-- table $1.
+SELECT coalesce(sum(pg_relation_size(relid)), 0) AS heap,
+       coalesce(sum(pg_indexes_size(relid)), 0) AS indexes
+FROM pg_partition_tree($1::regclass)
+WHERE isleaf;
+
+
+-- name: total_size
+-- Heap, indexes and TOAST (pg_total_relation_size) of every partition of the table $1.
+SELECT coalesce(sum(pg_total_relation_size(relid)), 0)
+FROM pg_partition_tree($1::regclass)
+WHERE isleaf;
+
+
+-- name: raw_readings_before
+-- Raw readings of both streams before $1.
+SELECT (SELECT count(*) FROM meter_readings WHERE read_at < $1)
+     + (SELECT count(*) FROM vehicle_readings WHERE read_at < $1);
+
+
+-- name: pack_readings_before
+-- The engine's packing of every raw day partition wholly before $1 (migration 0005); returns
+-- the readings packed.
+SELECT pack_readings_before($1);
 
 
 -- name: meter_readings_count

@@ -1,10 +1,11 @@
-"""The benchmark scenarios of issues 3 and 4, run in order on one machine, and their targets.
+"""The benchmark scenarios of issues 3, 4 and 14, run in order on one machine, and their targets.
 
 Everything runs on a PostgreSQL of the benchmark's own (the embedded one in a temporary
-directory unless `--database-url` names a server): scenario 1 in a database of its own, the
-others in one database that a real `energy-engine serve` process writes to. The load comes
-from wrk (closed model) or from `openload` (open model); after every ingest scenario the
-readings the server acknowledged are counted in SQL.
+directory unless `--database-url` names a server): the write statements alone (1, 14) in a
+database of their own, the fleet scenarios (8-10, 12, 13, 17) in another, the others in one
+database that a real `energy-engine serve` process writes to. The load comes from wrk (closed
+model) or from `openload` (open model); after every ingest scenario the readings the server
+acknowledged are counted in SQL.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from benchmarks.harness import (
     ensure_wrk,
     median,
     median_run,
+    rss_peaks,
     run_wrk,
+    serve,
 )
 from benchmarks.openload import open_load
 from energy_engine import db, sql
@@ -61,6 +64,8 @@ class Options:
     single_seconds: int = 30
     open_seconds: int = 60
     analytics_seconds: int = 20
+    stream_seconds: int = 15  # scenarios 14 and 15: one stream, 1,000 different vehicles a batch
+    stream_devices: int = 100_000
     fleet: int = 1000  # meters and vehicles simulated for the analytics scenarios
     history_factor: int = 10
     open_rate: float = 333.0  # requests/s of 100 readings: 33,300 readings/s
@@ -81,6 +86,7 @@ class Options:
             single_seconds=3,
             open_seconds=3,
             analytics_seconds=3,
+            stream_seconds=3,
             fleet=20,
             history_factor=3,
             open_rate=50.0,
@@ -128,23 +134,29 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
         try:
             version = str(asyncio.run(_fetchval(url, "SHOW server_version")))
             say(f"PostgreSQL {version}; scenario 1: the write statement without HTTP")
-            ceiling = _raw_ceiling(raw_url, options, say)
-            rows.append(ceiling)
-            ceiling_rate = float(ceiling.measured.split()[0].replace(",", ""))
+            rows.append(_raw_ceiling(raw_url, options, say))
+            say("scenario 14: the one-stream write statement without HTTP")
+            rows.append(_stream_ceiling(raw_url, options, say))
             log = options.work / "engine.log"
-            with engine(url, workers=options.workers, log=log) as base:
-                rows.append(_batch_ingest(wrk, base, url, options, ceiling_rate, say))
+            with serve(url, workers=options.workers, log=log) as server:
+                base = server.base
+                with rss_peaks(server.pid) as peaks:
+                    rows.append(_batch_ingest(wrk, base, url, options, _rate(rows, 1), say))
+                batch_peaks = dict(peaks)
                 rows.append(_single_ingest(wrk, base, url, options, say))
                 rows.append(_open_model(base, url, options, say))
                 import_row = _seed_and_import(base, url, options, say)
                 rows.append(_analytics(wrk, base, url, options, say))
                 rows.append(import_row)
+            stream_row, stream_peaks = _stream_ingest(wrk, url, options, _rate(rows, 14), say)
+            rows.append(stream_row)
+            rows.append(_engine_rss(batch_peaks, stream_peaks, options))
             rows.append(_auth_cost(wrk, url, options, say))
             rows.append(asyncio.run(_storage(url)))
             asyncio.run(
                 db.run_statements(admin_url, f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
             )
-            batch_rate = float(rows[1].measured.split()[0].replace(",", ""))
+            batch_rate = _rate(rows, 2)
             rows += _fleet(wrk, admin_url, f"bench_fleet_{suffix}", options, batch_rate, say)
         finally:
             asyncio.run(
@@ -156,6 +168,12 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
                 )
             )
     return sorted(rows, key=lambda row: row.number), version
+
+
+def _rate(rows: list[Row], number: int) -> float:
+    """The leading figure (e.g. readings/s) of the row numbered `number`."""
+    (row,) = [row for row in rows if row.number == number]
+    return float(row.measured.split()[0].replace(",", ""))
 
 
 async def _fetchval(url: str, query: str, *args: object) -> object:
@@ -257,13 +275,20 @@ def _wrk_ingest(
     seconds: int,
     per_request: int,
     say: Say,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[WrkRun], list[str], bool]:
     runs, checks, all_stored = [], [], True
     for _ in range(options.repeat):
         prefix = "b" + uuid.uuid4().hex[:6]
-        env = {"BENCH_PREFIX": prefix, "BENCH_BATCH": str(per_request)}
+        run_env = {**(env or {}), "BENCH_PREFIX": prefix, "BENCH_BATCH": str(per_request)}
         run = run_wrk(
-            wrk, options.scripts, script, base, connections=connections, seconds=seconds, env=env
+            wrk,
+            options.scripts,
+            script,
+            base,
+            connections=connections,
+            seconds=seconds,
+            env=run_env,
         )
         stored = asyncio.run(_stored(url, prefix))
         acknowledged = run.acknowledged * per_request
@@ -301,6 +326,145 @@ def _batch_ingest(wrk: str, base: str, url: str, options: Options, ceiling: floa
         f"{rate:,.0f} readings/s = {share:.0%} of (1)",
         rate >= 50_000 and share >= 0.6 and stored,
         [_runs_line(runs, 1000), "acknowledged vs stored: " + "; ".join(checks)],
+    )
+
+
+# --- 14, 15. one stream, every reading of a batch a different vehicle ------------------------
+
+STREAM_BATCH = 1000  # readings per request (15) and per statement (14)
+STREAM_WORKERS = 2  # engine processes for (15)
+WRK_THREADS = 2  # run_wrk's default; stream.lua's devices are per thread
+
+
+def _stream_ceiling(url: str, options: Options, say: Say) -> Row:
+    rates = [
+        asyncio.run(_stream_round(url, options.stream_seconds, run, options.stream_devices))
+        for run in range(options.repeat)
+    ]
+    rate = median(rates)
+    say(f"  {', '.join(f'{r:,.0f}' for r in rates)} readings/s")
+    return Row(
+        14,
+        f"Write statement alone (no HTTP) for the shape of (15): 2 connections as the engine's "
+        f"writers, {STREAM_BATCH:,} vehicle readings of {STREAM_BATCH:,} different vehicles "
+        f"(of {options.stream_devices:,}) per statement, {options.stream_seconds} s",
+        "reported (the ceiling for (15))",
+        f"{rate:,.0f} readings/s",
+        None,
+        [f"runs: {', '.join(f'{r:,.0f}' for r in rates)} readings/s"],
+    )
+
+
+async def _stream_round(url: str, seconds: int, run: int, devices: int) -> float:
+    """The write statement as (15) makes the engine run it: vehicles only, each writer on its
+    own half of the vehicles in blocks of STREAM_BATCH, each pass over them a second later
+    than the one before (live readings, each a new one)."""
+    settings = Settings(_env_file=None, database_url=url)
+    conn = await asyncpg.connect(url)
+    try:
+        await db.prepare(conn, settings)
+    finally:
+        await conn.close()
+    pool = await db.create_writer_pool(url, settings)
+    start = datetime.now(UTC).replace(microsecond=0)
+    share = devices // 2
+    deadline = time.perf_counter() + seconds
+
+    async def writer(number: int) -> int:
+        counter = 0
+        while time.perf_counter() < deadline:
+            vehicles = []
+            for _ in range(STREAM_BATCH):
+                passed, device = divmod(counter, share)
+                counter += 1
+                vehicles.append(
+                    VehicleReading.model_construct(
+                        vehicle_id=f"s{run}-{number}-v{device}",
+                        timestamp=start + timedelta(seconds=passed),
+                        soc=20.0 + passed % 80,
+                        kwh_delivered_dc=passed * 0.0025,
+                        battery_temp=25.0 + device % 10,
+                    )
+                )
+            async with pool.acquire() as conn:
+                await write_readings(conn, [], vehicles)
+        return counter
+
+    began = time.perf_counter()
+    try:
+        written = await asyncio.gather(*(writer(n) for n in range(2)))
+    finally:
+        await pool.close()
+    return sum(written) / (time.perf_counter() - began)
+
+
+def _stream_ingest(
+    wrk: str, url: str, options: Options, ceiling: float, say: Say
+) -> tuple[Row, dict[int, int]]:
+    """(15), on an engine of its own with STREAM_WORKERS processes; also the highest memory of
+    each of them during the runs."""
+    say(
+        f"scenario 15: batches of {STREAM_BATCH:,} vehicle readings from "
+        f"{options.stream_devices:,} vehicles, --workers {STREAM_WORKERS}, wrk -c8"
+    )
+    log = options.work / "engine-stream.log"
+    with serve(url, workers=STREAM_WORKERS, log=log) as server, rss_peaks(server.pid) as peaks:
+        runs, checks, stored = _wrk_ingest(
+            wrk,
+            server.base,
+            url,
+            options,
+            script="stream.lua",
+            connections=8,
+            seconds=options.stream_seconds,
+            per_request=STREAM_BATCH,
+            say=say,
+            env={"BENCH_DEVICES": str(options.stream_devices // WRK_THREADS)},
+        )
+        found = dict(peaks)
+    run = median_run(runs)
+    rate = run.per_second * STREAM_BATCH
+    share = rate / ceiling
+    return (
+        Row(
+            15,
+            f"HTTP batch ingest of one stream: {STREAM_BATCH:,} vehicle readings per request, "
+            f"each of a different vehicle (of {options.stream_devices:,}, so every request "
+            f"touches {STREAM_BATCH:,} hot rows), 8 connections, `--workers {STREAM_WORKERS}`, "
+            f"{options.stream_seconds} s",
+            "≥ 50,000 readings/s and ≥ 85 % of (14)",
+            f"{rate:,.0f} readings/s = {share:.0%} of (14)",
+            rate >= 50_000 and share >= 0.85 and stored,
+            [_runs_line(runs, STREAM_BATCH), "acknowledged vs stored: " + "; ".join(checks)],
+        ),
+        found,
+    )
+
+
+# --- 16. engine memory ---------------------------------------------------------------------
+
+RSS_LIMIT_MB = 300
+
+
+def _megabytes(peaks: dict[int, int]) -> str:
+    return ", ".join(f"{rss / 1e6:.0f} MB" for _, rss in sorted(peaks.items()))
+
+
+def _engine_rss(batch: dict[int, int], stream: dict[int, int], options: Options) -> Row:
+    highest = max(batch.values(), default=0) / 1e6
+    return Row(
+        16,
+        "Engine memory during scenario 2 (batch ingest): the highest resident set size (VmRSS) "
+        f"of each engine process answering requests (`--workers {options.workers}`), "
+        "sampled every 0.2 s",
+        f"≤ {RSS_LIMIT_MB} MB per worker",
+        f"{highest:.0f} MB at most ({len(batch)} worker{'s' * (len(batch) != 1)}: "
+        f"{_megabytes(batch)})",
+        bool(batch) and highest <= RSS_LIMIT_MB,
+        [
+            f"scenario 2, per worker: {_megabytes(batch)}",
+            f"scenario 15 (`--workers {STREAM_WORKERS}`), per worker: {_megabytes(stream)}",
+        ],
     )
 
 
@@ -506,24 +670,8 @@ async def _add_older_history(url: str, fleet: int, days: int) -> None:
         await conn.close()
 
 
-async def rollups_caught_up(url: str, timeout_s: float = 900) -> float:
-    """Seconds until the engine's refresher has rolled up every sealed hour and redone every
-    dirty one (the steady state analytics are measured in)."""
-    began = time.perf_counter()
-    conn = await asyncpg.connect(url)
-    try:
-        while time.perf_counter() - began < timeout_s:
-            behind = await conn.fetchval(queries.rollups_behind)
-            if behind == 0:
-                return time.perf_counter() - began
-            await asyncio.sleep(1)
-    finally:
-        await conn.close()
-    raise RuntimeError(f"the rollups did not catch up within {timeout_s:.0f} s")
-
-
 def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row:
-    waited = asyncio.run(rollups_caught_up(url))
+    waited = asyncio.run(fleet.rollups_caught_up(url))
     say(f"  rollups caught up with the imported day {waited:.0f} s after the import")
     asyncio.run(vacuum(url))
     env = {"BENCH_VEHICLES": str(options.fleet)}
@@ -549,7 +697,7 @@ def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row
     extra = options.history_factor - 1
     say(f"  adding {extra} older days of history for the same fleet")
     asyncio.run(_add_older_history(url, options.fleet, extra))
-    rebuilt = asyncio.run(rollups_caught_up(url))
+    rebuilt = asyncio.run(fleet.rollups_caught_up(url))
     say(f"  rollups rebuilt over all {options.history_factor} days in {rebuilt:.0f} s")
     large = measure(f"{options.history_factor}× the history")
     one, ten = median_run(small), median_run(large)
@@ -559,11 +707,11 @@ def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row
         5,
         f"Analytics `GET /v1/analytics/performance/{{id}}`, {options.fleet:,} vehicles × 24 h "
         f"of history, then {options.history_factor}× the history; 10 connections",
-        "p99 ≤ 15 ms, ≥ 1,700 req/s; latency with more history within 20 %",
+        "≥ 2,500 req/s, p99 ≤ 15 ms; latency with more history within 20 %",
         f"{one.per_second:,.0f} req/s, p50 {one.p50_ms:.1f} ms, p99 {one.p99_ms:.1f} ms; "
         f"{options.history_factor}× history: {ten.per_second:,.0f} req/s, "
         f"p50 {ten.p50_ms:.1f} ms ({growth:+.0%}), p99 {ten.p99_ms:.1f} ms",
-        one.p99_ms <= 15 and one.per_second >= 1700 and growth <= 0.2 and errors == 0,
+        one.p99_ms <= 15 and one.per_second >= 2500 and growth <= 0.2 and errors == 0,
         [
             "24 h: " + _runs_line(small, 1),
             f"{options.history_factor}× history: " + _runs_line(large, 1),
@@ -607,21 +755,22 @@ async def _storage(url: str) -> Row:
     overall = sum(s["heap"] + s["indexes"] for s in sizes.values()) / rows
     return Row(
         7,
-        f"Storage: heap + primary-key index per stored reading ({rows:,} readings after the "
-        "runs above)",
-        "≤ 110 bytes",
+        "Storage of recent history: heap + every index (primary key and BRIN) of "
+        f"meter_readings and vehicle_readings per reading ({rows:,} readings after the runs "
+        "above)",
+        "≤ 80 bytes",
         f"{overall:.1f} B (meter {per_row['meter_readings']:.1f}, vehicle "
         f"{per_row['vehicle_readings']:.1f})",
-        overall <= 110,
+        overall <= 80,
         [
-            f"{t}: heap {s['heap'] / s['rows']:.1f} B + index {s['indexes'] / s['rows']:.1f} B "
+            f"{t}: heap {s['heap'] / s['rows']:.1f} B + indexes {s['indexes'] / s['rows']:.1f} B "
             f"over {s['rows']:,} rows"
             for t, s in sizes.items()
         ],
     )
 
 
-# --- 8, 9, 10. fleet analytics over rollups (issue 4) ------------------------------------------
+# --- 8-10, 12, 13, 17. fleet analytics over rollups, packed history ------------------------
 
 
 def _fleet(
@@ -630,10 +779,14 @@ def _fleet(
     asyncio.run(db.run_statements(admin_url, f"CREATE DATABASE {name}"))
     url = db.with_database(admin_url, name)
     size = options.fleet_size
-    say(f"scenarios 8-10: {size:,} meters and {size:,} vehicles × 24 h, written by SQL")
+    say(
+        f"scenarios 8-10, 12, 13, 17: {size:,} meters and {size:,} vehicles from an hour before "
+        "yesterday up to now, written by SQL"
+    )
     fleet.migrate(url)
     began = time.perf_counter()
-    readings = asyncio.run(fleet.write_history(url, size))
+    history = asyncio.run(fleet.write_history(url, size))
+    readings = history.readings
     say(f"  {readings:,} readings in {time.perf_counter() - began:.0f} s; rolling them up")
     rolled_in = asyncio.run(fleet.roll_up(url))
     roll_rate = readings / rolled_in
@@ -644,43 +797,55 @@ def _fleet(
         url,
         options.work / "engine-fleet.log",
         fleet=size,
+        day=history.day,
         requests=options.fleet_requests,
         repeat=options.repeat,
         seconds=options.analytics_seconds,
     )
     aligned = statistics.median(measured.aligned)
-    say(f"  fleet ranking: {fleet.summary_line(measured.aligned)}")
+    shifted = statistics.median(measured.shifted)
+    default = statistics.median(measured.default)
+    say(f"  fleet ranking, calendar day: {fleet.summary_line(measured.aligned)}")
+    say(f"  fleet ranking, half past: {fleet.summary_line(measured.shifted)}")
+    say(f"  fleet ranking, default window: {fleet.summary_line(measured.default)}")
     month = median_run(measured.month)
     say(f"  30-day summaries: {month.per_second:,.0f} req/s, p99 {month.p99_ms:.1f} ms")
+    say("scenario 17: packing the days before the measured day")
+    log = options.work / "engine-fleet.log"
+    packed = fleet.pack_and_compare(url, log, fleet=size, day=history.day)
+    say(
+        f"  {packed.packed:,} readings packed in {packed.seconds:.1f} s: "
+        f"{packed.per_reading:.1f} B each; {len(packed.mismatches)} of {packed.requests} "
+        "answers changed"
+    )
     # Upkeep: rolling a reading up costs 1/roll_rate s of the database, writing it through
     # the API 1/batch_rate s; at the ingest ceiling, that share of the time goes to rollups.
     upkeep = batch_rate / (batch_rate + roll_rate)
     long = min(size, fleet.LONG_HISTORY_VEHICLES)
     errors = sum(r.status_errors + r.socket_errors for r in measured.month)
+    in_window = f"{size * 1440:,} vehicle + {size * 1440:,} meter readings in the window"
+    data = (
+        f"the data: {readings:,} readings in all, up to {fleet.iso(history.written_to)}, "
+        f"rolled up in {rolled_in:.1f} s"
+    )
     return [
         Row(
             8,
-            f"Fleet ranking `GET /v1/analytics/fleet`, {size:,} vehicles × 24 h "
-            f"({size * 1440:,} vehicle + {size * 1440:,} meter readings in the window), "
-            "whole-hour window, sequential requests",
-            "p50 ≤ 300 ms",
+            f"Fleet ranking `GET /v1/analytics/fleet`, {size:,} vehicles, a whole-hour calendar "
+            f"day ({in_window}), sequential requests",
+            "p50 ≤ 100 ms",
             f"p50 {aligned:.0f} ms, p90 {fleet.percentile(measured.aligned, 0.9):.0f} ms",
-            aligned <= 300,
-            [
-                f"whole-hour day: {fleet.summary_line(measured.aligned)}",
-                "a day starting at half past (raw edges for every device): "
-                + fleet.summary_line(measured.shifted),
-                f"the data: {readings:,} readings in all, rolled up in {rolled_in:.1f} s",
-            ],
+            aligned <= 100,
+            [f"yesterday, UTC: {fleet.summary_line(measured.aligned)}", data],
         ),
         Row(
             9,
             f"Per-vehicle 30-day summary `GET /v1/analytics/performance/{{id}}?from&to` "
             f"(30 days ending at half past an hour), {long} vehicles with 30 days of "
             "history; 10 connections",
-            "p99 ≤ 20 ms",
+            "≥ 2,500 req/s, p99 ≤ 15 ms",
             f"{month.per_second:,.0f} req/s, p50 {month.p50_ms:.1f} ms, p99 {month.p99_ms:.1f} ms",
-            month.p99_ms <= 20 and errors == 0,
+            month.per_second >= 2500 and month.p99_ms <= 15 and errors == 0,
             [
                 _runs_line(measured.month, 1),
                 f"{errors} errors",
@@ -706,4 +871,53 @@ def _fleet(
                 "sealed hour) is inside scenarios 1 and 2",
             ],
         ),
+        Row(
+            12,
+            f"Fleet ranking, {size:,} vehicles, a day starting at half past an hour ({in_window}; "
+            "the first and last half hours from raw readings for every device), sequential "
+            "requests",
+            "p50 ≤ 300 ms",
+            f"p50 {shifted:.0f} ms, p90 {fleet.percentile(measured.shifted, 0.9):.0f} ms",
+            shifted <= 300,
+            [f"yesterday 00:30 to today 00:30, UTC: {fleet.summary_line(measured.shifted)}"],
+        ),
+        Row(
+            13,
+            f"Fleet ranking, {size:,} vehicles, the default window (no from/to: the last 24 "
+            "whole hours, rarely a calendar day), sequential requests",
+            "p50 ≤ 100 ms",
+            f"p50 {default:.0f} ms, p90 {fleet.percentile(measured.default, 0.9):.0f} ms",
+            default <= 100,
+            [f"{measured.default_window}: {fleet.summary_line(measured.default)}", data],
+        ),
+        _packed_row(packed),
     ]
+
+
+def _packed_row(packed: fleet.Packed) -> Row:
+    raw_before, raw_after = packed.raw_bytes
+    changed = len(packed.mismatches)
+    complete = packed.packed == packed.raw_readings and packed.raw_left == 0
+    return Row(
+        17,
+        "Storage of packed history: `pack_readings_before` over every day before the fleet's "
+        "measured day, then heap + indexes + TOAST of meter_readings_packed and "
+        f"vehicle_readings_packed per packed reading ({packed.packed:,} readings); "
+        f"{packed.requests} analytics answers over those days compared before and after",
+        "≤ 25 bytes, every answer unchanged (exact)",
+        f"{packed.per_reading:.1f} B, {changed} of {packed.requests} answers changed"
+        + ("" if complete else ", READINGS NOT ALL PACKED"),
+        packed.per_reading <= 25 and changed == 0 and complete,
+        [
+            f"packed before {fleet.iso(packed.before)} in {packed.seconds:.1f} s: "
+            f"{packed.packed:,} readings reported packed, {packed.raw_readings:,} raw readings "
+            f"there before, {packed.raw_left:,} after",
+            f"packed tables: {packed.packed_bytes:,} bytes (pg_total_relation_size of their "
+            "partitions, after VACUUM ANALYZE)",
+            f"raw tables, heap + indexes + TOAST: {raw_before:,} bytes before packing, "
+            f"{raw_after:,} after (VACUUM; the emptied partitions' indexes not rebuilt)",
+            "answers compared: per-vehicle reports, series and fleet rankings over those days "
+            "(fleet.old_requests), from engines started before and after packing",
+            *packed.mismatches,
+        ],
+    )

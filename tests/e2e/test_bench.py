@@ -8,11 +8,13 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from benchmarks import fleet
 from energy_engine import sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,57 @@ def _table(page: str) -> dict[int, tuple[str, str, str, str]]:
     return rows
 
 
+REPORTED_ONLY = {1, 14}  # the write statements alone: ceilings, no target of their own
+
+
+def check_page(page: str) -> None:
+    """What every results page must hold (also usable on a page written by hand:
+    `python -c 'from tests.e2e.test_bench import check_page; ...'`)."""
+    assert "- Git revision: " in page and "- Machine: " in page
+    table = _table(page)
+    assert list(table) == list(range(1, 18))
+    for number, (_, _, _, verdict) in table.items():
+        assert verdict in VERDICTS, (number, verdict)
+        assert (verdict == "-") == (number in REPORTED_ONLY), (number, verdict)
+
+    # Every figure measured, not a zero or a placeholder.
+    measured = {number: row[2] for number, row in table.items()}
+    for number in (1, 2, 6, 14, 15):
+        assert _number(r"^([\d,]+) readings/s", measured[number]) > 0, measured[number]
+    assert _number(r"= (\d+)% of \(1\)", measured[2]) > 0
+    assert _number(r"= (\d+)% of \(14\)", measured[15]) > 0
+    for number in (3, 5, 9):
+        assert _number(r"^([\d,]+) req/s", measured[number]) > 0, measured[number]
+        assert _number(r"p50 ([\d.]+) ms", measured[number]) > 0, measured[number]
+        assert _number(r"p99 ([\d.]+) ms", measured[number]) > 0, measured[number]
+    assert re.search(r"p99 [\d.]+ ms at [\d,]+/s|not held at [\d,]+/s", measured[4]), measured[4]
+    assert 0 < _number(r"^([\d.]+) B ", measured[7]) < 10_000, measured[7]
+    for number in (8, 12, 13):
+        assert _number(r"p50 (\d+) ms", measured[number]) > 0, measured[number]
+    assert 0 < _number(r"^(\d+)%$", measured[10]) < 100, measured[10]
+    assert 10 < _number(r"^(\d+) MB at most", measured[16]) < 10_000, measured[16]
+    assert 0 < _number(r"^([\d.]+) B, ", measured[17]) < 10_000, measured[17]
+    # Packing changes no answer and packs every reading it was given.
+    assert re.search(r"B, 0 of [1-9]\d* answers changed$", measured[17]), measured[17]
+
+    # Each scenario's runs are listed under its number.
+    runs = page.split("\n## Runs\n", 1)[1]
+    for number in range(1, 18):
+        assert re.search(rf"^{number}\. .+\n   - \S", runs, flags=re.MULTILINE), number
+    # After each ingest scenario (2, 3, 15) the bench counted in SQL what the server
+    # acknowledged.
+    checks = re.findall(r"([\d,]+) acknowledged, ([\d,]+) stored", page)
+    assert len(checks) == 3
+    for acknowledged, stored in checks:
+        assert int(stored.replace(",", "")) >= int(acknowledged.replace(",", "")) > 0
+    assert "READINGS LOST" not in page
+    # The default window is the last 24 whole hours, answered as such.
+    default = re.search(r"^13\. .+\n   - \[(\S+), (\S+)\): ", runs, flags=re.MULTILINE)
+    assert default, runs
+    span = datetime.fromisoformat(default[2]) - datetime.fromisoformat(default[1])
+    assert span == timedelta(hours=24) and default[2].endswith(":00:00Z"), default[0]
+
+
 @pytest.mark.bench
 def test_quick_bench_writes_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "RESULTS.md"
@@ -46,42 +99,12 @@ def test_quick_bench_writes_every_scenario(tmp_path: Path) -> None:
         env={**os.environ, "DATABASE_URL": ""},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     page = out.read_text()
     assert "- Command: `python -m benchmarks --quick --out " in page
-    assert "- Git revision: " in page and "- Machine: " in page
-    table = _table(page)
-    assert list(table) == list(range(1, 11))
-    for number, (_, _, _, verdict) in table.items():
-        assert verdict in VERDICTS, (number, verdict)
-        assert (verdict == "-") == (number == 1), (number, verdict)  # only (1) has no target
-
-    # Every figure measured, not a zero or a placeholder.
-    measured = {number: row[2] for number, row in table.items()}
-    for number in (1, 2, 6):
-        assert _number(r"^([\d,]+) readings/s", measured[number]) > 0, measured[number]
-    assert _number(r"= (\d+)% of \(1\)", measured[2]) > 0
-    for number in (3, 5, 9):
-        assert _number(r"^([\d,]+) req/s", measured[number]) > 0, measured[number]
-        assert _number(r"p50 ([\d.]+) ms", measured[number]) > 0, measured[number]
-        assert _number(r"p99 ([\d.]+) ms", measured[number]) > 0, measured[number]
-    assert re.search(r"p99 [\d.]+ ms at [\d,]+/s|not held at [\d,]+/s", measured[4]), measured[4]
-    assert 0 < _number(r"^([\d.]+) B ", measured[7]) < 10_000, measured[7]
-    assert _number(r"p50 (\d+) ms", measured[8]) > 0, measured[8]
-    assert 0 < _number(r"^(\d+)%$", measured[10]) < 100, measured[10]
-
-    # Each scenario's runs are listed under its number.
-    runs = page.split("\n## Runs\n", 1)[1]
-    for number in range(1, 11):
-        assert re.search(rf"^{number}\. .+\n   - \S", runs, flags=re.MULTILINE), number
-    # After each ingest scenario the bench counted in SQL what the server acknowledged.
-    checks = re.findall(r"([\d,]+) acknowledged, ([\d,]+) stored", page)
-    assert len(checks) == 2
-    for acknowledged, stored in checks:
-        assert int(stored.replace(",", "")) >= int(acknowledged.replace(",", "")) > 0
-    assert "READINGS LOST" not in page
+    check_page(page)
 
 
 def test_without_wrk_the_bench_says_how_to_install_it(tmp_path: Path) -> None:
@@ -128,3 +151,18 @@ async def test_the_benchmark_statements_fit_the_engine_schema(conn: asyncpg.Conn
     queries = sql.load("benchmarks")
     for name in queries.names():
         await conn.prepare(getattr(queries, name))
+
+
+def test_the_old_windows_lie_in_the_packed_days_and_end_off_the_hour() -> None:
+    """Scenario 17 compares answers over the days it packs: every window starts there, and
+    neither end is a whole hour (the edges come from readings, not rollups)."""
+    day = fleet.window_day()
+    requests = fleet.old_requests(10_000, day)
+    assert len(requests) == 26 and len(set(map(str, requests))) == 26
+    for path, params in requests:
+        start, end = (datetime.fromisoformat(params[key]) for key in ("from", "to"))
+        assert day - timedelta(days=fleet.LONG_HISTORY_DAYS - 1) < start < end, (path, params)
+        assert start < day and end <= day + timedelta(days=1), (path, params)
+        assert start.minute % 60 and end.minute % 60, (path, params)
+        vehicle = re.search(r"vehicle-(\d+)", path)
+        assert vehicle is None or 1 <= int(vehicle[1]) <= fleet.LONG_HISTORY_VEHICLES
