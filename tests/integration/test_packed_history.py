@@ -239,52 +239,74 @@ async def test_a_late_reading_for_a_packed_hour_is_counted_and_merged(
     assert await conn.fetchval(STORED, "meter", "M-1") == len(meters) + 1
 
 
-async def test_maintenance_packs_old_days_frees_them_and_retention_drops_packed_days(
+async def test_maintenance_packs_frees_retires_and_retention_drops_packed_days(
     make_settings: MakeSettings, conn: asyncpg.Connection
 ) -> None:
     now = datetime.now(UTC)
-    old = (now - timedelta(days=6)).replace(hour=5, minute=0, second=0, microsecond=0)
-    recent = now - timedelta(hours=1)
-    await conn.execute(
-        "INSERT INTO meter_readings (meter_id, read_at, kwh_consumed_ac, voltage)"
-        " SELECT 'M-' || d, $1::timestamptz + m * interval '1 minute', m, 230"
-        " FROM generate_series(1, 50) AS d, generate_series(0, 599) AS m",
-        old,
-    )
-    await conn.execute("INSERT INTO meter_readings VALUES ($1, 1.0, 230, 'M-recent')", recent)
-    held = await conn.fetchval(
-        "SELECT pg_total_relation_size($1::regclass)", f"meter_readings_p{old:%Y%m%d}"
-    )
+    # A: packed, still open to late readings. B: packed, and older than any reading accepted.
+    day_a = (now - timedelta(days=6)).replace(hour=5, minute=0, second=0, microsecond=0)
+    day_b = (now - timedelta(days=70)).replace(hour=5, minute=0, second=0, microsecond=0)
+    await conn.execute("SELECT ensure_reading_partitions($1::date, $1::date)", day_b.date())
+    for day, prefix in ((day_a, "A"), (day_b, "B")):
+        await conn.execute(
+            "INSERT INTO meter_readings (meter_id, read_at, kwh_consumed_ac, voltage)"
+            " SELECT $2 || d, $1::timestamptz + m * interval '1 minute', m, 230"
+            " FROM generate_series(1, 50) AS d, generate_series(0, 599) AS m",
+            day,
+            prefix,
+        )
+    await conn.execute("INSERT INTO meter_readings VALUES ($1, 1.0, 230, 'M-recent')", now)
+    raw_a, raw_b = f"meter_readings_p{day_a:%Y%m%d}", f"meter_readings_p{day_b:%Y%m%d}"
+    held = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", raw_a)
     settings = make_settings(pack_after=timedelta(days=2))
     pool = await db.create_pool(settings.database_url or "", settings)
     try:
         done = await maintenance.maintain(pool, settings, now)
         assert done is not None
-        assert done.readings_packed == 50 * 600
-        assert {name.split("_p")[-1] for name in done.packed} <= {
-            f"{old:%Y%m%d}",
-            f"{old + timedelta(days=1):%Y%m%d}",
-        }
+        assert sorted(done.packed) == sorted([raw_a, raw_b])
+        assert done.readings_packed == 2 * 50 * 600
         last = await maintenance.last_run(conn)
-        assert last is not None and last.readings_packed == 50 * 600
-        # The recent reading stays raw; the old days' raw partitions are emptied and small.
+        assert last is not None and last.readings_packed == 2 * 50 * 600
+        # The recent reading stays raw; A's raw partition is emptied and small, B's is gone.
         assert await conn.fetchval("SELECT count(*) FROM meter_readings") == 1
-        for name in done.packed:
-            size = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", name)
-            assert size < held / 10, (name, size, held)
-        assert await conn.fetchval(STORED, "meter", "M-7") == 600
+        size = await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", raw_a)
+        assert size < held / 10, (size, held)
+        assert await conn.fetchval("SELECT to_regclass($1)", raw_b) is None
+        assert await conn.fetchval(STORED, "meter", "A7") == 600
+        assert await conn.fetchval(STORED, "meter", "B7") == 600
         again = await maintenance.maintain(pool, settings, now)
         assert again is not None and again.packed == []
-        # Retention: the packed days go like raw ones.
+
+        # A late reading for B (the importer or a longer max_reading_age): its raw partition
+        # comes back with the trigger, so a packed reading sent again is still a duplicate.
+        late = [
+            MeterReading.model_construct(
+                meter_id="B7",
+                timestamp=day_b + timedelta(minutes=m),
+                kwh_consumed_ac=m,
+                voltage=230.0,
+            )
+            for m in (3, 1000)
+        ]
+        assert await write_readings(conn, late, []) == ([2], [])
+        assert await conn.fetchval(STORED, "meter", "B7") == 601
+
+        # Retention: B's packed month goes like a raw day; A's stays.
         retaining = make_settings(
             pack_after=timedelta(days=2),
             max_reading_age=timedelta(days=2),
-            history_retention=timedelta(days=3),
+            history_retention=timedelta(days=35),
         )
         dropped = await maintenance.maintain(pool, retaining, now)
         assert dropped is not None
-        assert any("_packed_" in p.name for p in dropped.dropped)
-        assert await conn.fetchval(STORED, "meter", "M-7") == 0
+        assert f"meter_readings_packed_{day_b:%Y%m}" in {p.name for p in dropped.dropped}
+        assert await conn.fetchval(STORED, "meter", "B7") == 0
+        assert await conn.fetchval(STORED, "meter", "A7") == 600
         assert await conn.fetchval(STORED, "meter", "M-recent") == 1
     finally:
         await pool.close()
+
+
+def test_packing_can_be_turned_off() -> None:
+    assert Settings(_env_file=None, pack_after="off").pack_after is None
+    assert Settings(_env_file=None).pack_after == timedelta(days=2)

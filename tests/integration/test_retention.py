@@ -65,7 +65,9 @@ async def pool(make_settings: MakeSettings) -> AsyncIterator[db.Pool]:
 
 
 def _retaining(make_settings: MakeSettings, **more: object) -> Settings:
-    return make_settings(max_reading_age=YOUNG, history_retention=HISTORY, **more)
+    # Packing off: it would also pack and retire the old days kept here (test_packed_history).
+    fields: dict[str, object] = {"pack_after": None, **more}
+    return make_settings(max_reading_age=YOUNG, history_retention=HISTORY, **fields)
 
 
 async def test_retention_drops_exactly_the_partitions_wholly_past_the_period(

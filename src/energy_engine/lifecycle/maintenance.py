@@ -162,7 +162,7 @@ async def plan(conn: Connection, settings: Settings, now: datetime) -> Plan:
     return Plan(history_cutoff, rollup_cutoff, partitions, rollups)
 
 
-async def _drop(conn: Connection, partition: ExpiredPartition, lock_timeout: timedelta) -> bool:
+async def _drop(conn: Connection, name: str, lock_timeout: timedelta) -> bool:
     """Drop one partition, waiting at most `lock_timeout` for its locks; False if it waited in
     vain (the next round tries again)."""
     try:
@@ -170,7 +170,7 @@ async def _drop(conn: Connection, partition: ExpiredPartition, lock_timeout: tim
             await conn.execute(
                 queries.set_lock_timeout, f"{int(lock_timeout.total_seconds() * 1000)}ms"
             )
-            await conn.execute(queries.drop_partition, partition.name)
+            await conn.execute(queries.drop_partition, name)
     except asyncpg.LockNotAvailableError:
         return False
     return True
@@ -224,6 +224,12 @@ async def pack_history(conn: Connection, settings: Settings, now: datetime) -> R
             packed.append(row["name"])
             readings += moved
             log.info("packed %s (%d readings)", row["name"], moved)
+        # A packed day's emptied raw partition, once ingest accepts no reading for that day:
+        # dropped, so that raw partitions stay about max_reading_age days (migration 0005).
+        beyond = now - settings.max_reading_age - timedelta(days=1)
+        for row in await conn.fetch(queries.retired_partitions, beyond):
+            if await _drop(conn, row["name"], settings.retention_lock_timeout):
+                log.info("dropped %s: packed, and past the oldest reading accepted", row["name"])
     return Round(datetime.now(UTC), None, None, 0, packed=packed, readings_packed=readings)
 
 
@@ -235,7 +241,7 @@ async def _work(conn: Connection, settings: Settings, now: datetime) -> Round:
     postponed: list[str] = []
     if history_cutoff is not None:
         for partition in await expired_partitions(conn, history_cutoff):
-            if await _drop(conn, partition, settings.retention_lock_timeout):
+            if await _drop(conn, partition.name, settings.retention_lock_timeout):
                 dropped.append(partition)
                 log.info("retention dropped %s (%d bytes)", partition.name, partition.bytes)
             else:

@@ -82,3 +82,7 @@ SELECT child::text AS name FROM packable_partitions($1) AS child;
 -- name: pack_partition
 -- Moves one raw day partition's readings into the packed form (migrations/0005).
 SELECT pack_reading_partition($1::regclass);
+
+-- name: retired_partitions
+-- Packed raw day partitions wholly before $1 that are empty (no reading can arrive for them).
+SELECT child::text AS name FROM retired_partitions($1) AS child;

@@ -18,7 +18,8 @@
 
 -- `seconds[i]` is reading i's whole seconds into the hour, `micros[i]` the microseconds
 -- beyond them (NULL when every reading of the hour is on a whole second). Arrays are in time
--- order. Partitioned by day like the raw tables, so retention drops packed days the same way.
+-- order. Partitioned by UTC month (see pack_reading_partition); retention drops a packed month
+-- once it lies wholly past the retention period.
 CREATE TABLE meter_readings_packed (
     hour            timestamptz        NOT NULL,
     meter_id        text               NOT NULL,
@@ -39,6 +40,11 @@ CREATE TABLE vehicle_readings_packed (
     battery_temp     real[]             NOT NULL,
     PRIMARY KEY (vehicle_id, hour) WITH (fillfactor = 100)
 ) PARTITION BY RANGE (hour);
+
+-- Finds a packed day's rows in its month without reading the month (pack_reading_partition):
+-- rows are written a day at a time, so block ranges follow the hour.
+CREATE INDEX meter_readings_packed_hour ON meter_readings_packed USING brin (hour);
+CREATE INDEX vehicle_readings_packed_hour ON vehicle_readings_packed USING brin (hour);
 
 -- A packed reading's time.
 CREATE FUNCTION packed_time(hour timestamptz, seconds smallint, micros integer)
@@ -255,13 +261,20 @@ BEGIN
         RETURN 0;
     END IF;
 
-    packed := parent || '_packed_' || to_char(day_from AT TIME ZONE 'UTC', 'YYYYMMDD');
+    -- Packed partitions hold a UTC month: a year of packed history is 12 partitions, not 365,
+    -- which keeps the readers' kept plans (they lock every partition they might read) small.
+    packed := parent || '_packed_' || to_char(day_from AT TIME ZONE 'UTC', 'YYYYMM');
     IF to_regclass(packed) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                       packed, parent || '_packed', day_from, day_to);
+        EXECUTE format(
+            'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+            packed, parent || '_packed',
+            date_trunc('month', day_from AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+            (date_trunc('month', day_from AT TIME ZONE 'UTC') + interval '1 month')
+                AT TIME ZONE 'UTC');
         merging := false;
     ELSE
-        EXECUTE format('SELECT EXISTS (SELECT FROM %I)', packed) INTO STRICT merging;
+        EXECUTE format('SELECT EXISTS (SELECT FROM %I WHERE hour >= $1 AND hour < $2)', packed)
+            INTO STRICT merging USING day_from, day_to;
     END IF;
 
     -- The raw readings, and when the day was packed before, the packed readings of the
@@ -744,6 +757,73 @@ CREATE FUNCTION pack_readings_before(before timestamptz) RETURNS bigint
 LANGUAGE sql AS $$
 SELECT coalesce(sum(pack_reading_partition(child)), 0)::bigint
 FROM packable_partitions(before) AS child
+$$;
+
+-- ensure_reading_partitions, for days whose raw partition was retired after packing.
+CREATE OR REPLACE FUNCTION ensure_reading_partitions(first_day date, last_day date) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    day     date;
+    parent  text;
+    child   text;
+    created integer := 0;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('energy_engine.partitions'));
+    FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
+        FOREACH parent IN ARRAY ARRAY['meter_readings', 'vehicle_readings'] LOOP
+            child := parent || '_p' || to_char(day, 'YYYYMMDD');
+            IF to_regclass(child) IS NULL THEN
+                EXECUTE format(
+                    'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                    child, parent,
+                    day::timestamp AT TIME ZONE 'UTC',
+                    (day + 1)::timestamp AT TIME ZONE 'UTC'
+                );
+                -- A day already packed (its raw partition retired, below): a late reading
+                -- for it must not store a packed reading again.
+                IF to_regclass(parent || '_packed_' || to_char(day, 'YYYYMM')) IS NOT NULL THEN
+                    EXECUTE format('CREATE TRIGGER skip_packed_reading BEFORE INSERT ON %I '
+                                   'FOR EACH ROW EXECUTE FUNCTION skip_packed_reading(%L)',
+                                   child, CASE parent WHEN 'meter_readings' THEN 'meter'
+                                                      ELSE 'vehicle' END);
+                END IF;
+                created := created + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN created;
+END;
+$$;
+
+-- The raw day partitions wholly before `before` that were packed and hold no reading since:
+-- called with a time before which ingest accepts no reading (Settings.max_reading_age), the
+-- maintenance loop drops so that the partitions of raw history stay about max_reading_age
+-- days however long history is kept (every reader's kept plan locks each partition it might
+-- read: a report over 395 day partitions a stream took 3.9 ms against 0.95 ms over 35).
+CREATE FUNCTION retired_partitions(before timestamptz) RETURNS SETOF regclass
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    child regclass;
+    filled boolean;
+BEGIN
+    FOR child IN
+        SELECT c.oid::regclass
+        FROM pg_inherits AS i
+        JOIN pg_class AS c ON c.oid = i.inhrelid
+        CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                        'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)') AS b (m)
+        WHERE i.inhparent IN ('meter_readings'::regclass, 'vehicle_readings'::regclass)
+          AND b.m[2]::timestamptz <= before
+          AND EXISTS (SELECT FROM pg_trigger AS t
+                      WHERE t.tgrelid = c.oid AND t.tgname = 'skip_packed_reading')
+        ORDER BY b.m[1]::timestamptz, c.relname
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT FROM %s)', child) INTO filled;
+        IF NOT filled THEN
+            RETURN NEXT child;
+        END IF;
+    END LOOP;
+END
 $$;
 
 -- The last maintenance round's packing.
