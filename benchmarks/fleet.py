@@ -26,6 +26,7 @@ import asyncpg
 import httpx
 import orjson
 
+from benchmarks import ceilings
 from benchmarks.harness import WrkRun, api_headers, engine, run_wrk
 from energy_engine import db, sql
 from energy_engine.rollups import store as rollups
@@ -57,6 +58,7 @@ class Measured:
     default: list[float]  # the fleet over the default window (no from/to)
     default_window: str  # [from, to) the engine answered for the default window
     month: list[WrkRun]  # 30-day per-vehicle summaries
+    month_ceilings: ceilings.Ceilings  # their statement alone, the HTTP layer alone
     series: list[float]  # 30 daily points of one vehicle
 
 
@@ -200,10 +202,12 @@ def measure(
     requests: int,
     repeat: int,
     seconds: int,
+    ceiling_seconds: int,
+    work: Path,
 ) -> Measured:
     """Against a running engine on the fleet database: the fleet ranking (whole-hour calendar
     day, a day starting at half past, the default window) and wrk on 30-day per-vehicle
-    summaries; `day` is the calendar day measured."""
+    summaries, then their ceilings; `day` is the calendar day measured."""
     with engine(url, log=log) as base:
         # An hour sealed since the history was rolled up is the refresher's: wait for it.
         asyncio.run(rollups_caught_up(url))
@@ -226,21 +230,33 @@ def measure(
         default = time_requests(base, "/v1/analytics/fleet", {}, requests, budget_s=20)
         default_window = answered_window(base, "/v1/analytics/fleet")
         end = day + timedelta(days=1, minutes=30)
+        long = min(fleet, LONG_HISTORY_VEHICLES)
         env = {
-            "BENCH_VEHICLES": str(min(fleet, LONG_HISTORY_VEHICLES)),
+            "BENCH_VEHICLES": str(long),
             "BENCH_WINDOW": f"from={iso(end - timedelta(days=30))}&to={iso(end)}",
         }
         month = [
             run_wrk(wrk, scripts, "analytics.lua", base, connections=10, seconds=seconds, env=env)
             for _ in range(repeat)
         ]
+        month_ceilings = ceilings.measure(
+            wrk,
+            scripts,
+            base,
+            url,
+            vehicles=long,
+            start=end - timedelta(days=30),
+            end=end,
+            seconds=ceiling_seconds,
+            work=work,
+        )
         series = time_requests(
             base,
             "/v1/analytics/performance/vehicle-00001/series",
             {"from": iso(end - timedelta(days=30)), "to": iso(end), "step": "1d"},
             requests,
         )
-    return Measured(aligned, shifted, default, default_window, month, series)
+    return Measured(aligned, shifted, default, default_window, month, month_ceilings, series)
 
 
 # --- packed history (issue 14) ------------------------------------------------------------

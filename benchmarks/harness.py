@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -121,6 +123,51 @@ def run_wrk(
                 p99_ms=raw["p99_us"] / 1000,
             )
     raise BenchError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+
+
+def ensure_pgbench() -> str:
+    """pgbench: the one shipped with the embedded server (pgserver's wheel), else PATH's."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        shipped = Path(spec.origin).parent / "pginstall" / "bin" / "pgbench"
+        if shipped.is_file():
+            return str(shipped)
+    found = shutil.which("pgbench")
+    if not found:
+        raise BenchError("pgbench is not installed (it comes with pgserver and PostgreSQL)")
+    return found
+
+
+_TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)$", re.MULTILINE)
+
+
+def run_pgbench(
+    pgbench: str,
+    url: str,
+    script: Path,
+    *,
+    clients: int,
+    threads: int,
+    seconds: int,
+    variables: dict[str, str],
+    settings: dict[str, str],
+) -> float:
+    """Transactions per second of `script` run by pgbench in prepared mode (each statement
+    parsed and planned once per connection, as asyncpg does), on sessions given `settings`."""
+    command = [pgbench, "-M", "prepared", "-n", f"-c{clients}", f"-j{threads}", f"-T{seconds}"]
+    command += ["-f", str(script)]
+    for name, value in variables.items():
+        command += ["-D", f"{name}={value}"]
+    # libpq reads the URL (a unix-socket one too) as the database name's connection string.
+    command.append(url)
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    done = subprocess.run(
+        command, env={**os.environ, "PGOPTIONS": options}, capture_output=True, text=True
+    )
+    found = _TPS.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise BenchError(f"pgbench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return float(found[1])
 
 
 def free_port() -> int:

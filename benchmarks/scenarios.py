@@ -28,7 +28,7 @@ import asyncpg
 import httpx
 from rich.console import Console
 
-from benchmarks import fleet
+from benchmarks import ceilings, fleet
 from benchmarks.harness import (
     WrkRun,
     api_headers,
@@ -64,6 +64,7 @@ class Options:
     single_seconds: int = 30
     open_seconds: int = 60
     analytics_seconds: int = 20
+    ceiling_seconds: int = 10  # each ceiling of the report rows (5, 9), run once
     stream_seconds: int = 15  # scenarios 14 and 15: one stream, 1,000 different vehicles a batch
     stream_devices: int = 100_000
     fleet: int = 1000  # meters and vehicles simulated for the analytics scenarios
@@ -86,6 +87,7 @@ class Options:
             single_seconds=3,
             open_seconds=3,
             analytics_seconds=3,
+            ceiling_seconds=3,
             stream_seconds=3,
             fleet=20,
             history_factor=3,
@@ -694,6 +696,20 @@ def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row
         return runs
 
     small = measure("24 h of history")
+    say("  ceilings: the report's statement alone (pgbench -c10), GET /health/live (wrk -c10)")
+    end = datetime.now(UTC)
+    ceiling = ceilings.measure(
+        wrk,
+        options.scripts,
+        base,
+        url,
+        vehicles=options.fleet,
+        start=end - timedelta(hours=24),
+        end=end,
+        seconds=options.ceiling_seconds,
+        work=options.work,
+    )
+    say(f"  {ceiling.line()}")
     extra = options.history_factor - 1
     say(f"  adding {extra} older days of history for the same fleet")
     asyncio.run(_add_older_history(url, options.fleet, extra))
@@ -714,6 +730,7 @@ def _analytics(wrk: str, base: str, url: str, options: Options, say: Say) -> Row
         one.p99_ms <= 15 and one.per_second >= 2500 and growth <= 0.2 and errors == 0,
         [
             "24 h: " + _runs_line(small, 1),
+            ceiling.line(),
             f"{options.history_factor}× history: " + _runs_line(large, 1),
             f"{errors} errors",
             f"measured once the rollups had caught up: {waited:.0f} s after the import of the "
@@ -801,6 +818,8 @@ def _fleet(
         requests=options.fleet_requests,
         repeat=options.repeat,
         seconds=options.analytics_seconds,
+        ceiling_seconds=options.ceiling_seconds,
+        work=options.work,
     )
     aligned = statistics.median(measured.aligned)
     shifted = statistics.median(measured.shifted)
@@ -810,6 +829,7 @@ def _fleet(
     say(f"  fleet ranking, default window: {fleet.summary_line(measured.default)}")
     month = median_run(measured.month)
     say(f"  30-day summaries: {month.per_second:,.0f} req/s, p99 {month.p99_ms:.1f} ms")
+    say(f"  {measured.month_ceilings.line()}")
     say("scenario 17: packing the days before the measured day")
     log = options.work / "engine-fleet.log"
     packed = fleet.pack_and_compare(url, log, fleet=size, day=history.day)
@@ -848,6 +868,7 @@ def _fleet(
             month.per_second >= 2500 and month.p99_ms <= 15 and errors == 0,
             [
                 _runs_line(measured.month, 1),
+                measured.month_ceilings.line(),
                 f"{errors} errors",
                 "30 daily points of `/series` for one vehicle: "
                 + fleet.summary_line(measured.series),

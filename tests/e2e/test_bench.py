@@ -8,14 +8,17 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from benchmarks import fleet
-from energy_engine import sql
+from benchmarks import ceilings, fleet, harness
+from energy_engine import db, sql
+from energy_engine.analytics import store
+from energy_engine.settings import EnergySemantics, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 VERDICTS = {"met", "**not met**", "-"}
@@ -166,3 +169,53 @@ def test_the_old_windows_lie_in_the_packed_days_and_end_off_the_hour() -> None:
         assert start.minute % 60 and end.minute % 60, (path, params)
         vehicle = re.search(r"vehicle-(\d+)", path)
         assert vehicle is None or 1 <= int(vehicle[1]) <= fleet.LONG_HISTORY_VEHICLES
+
+
+def _bound(statement: str, values: dict[str, str]) -> str:
+    """`statement` with each `:variable` its value as a literal of no declared type."""
+    return re.sub(r":([a-z_]+)", lambda found: f"'{values[found[1]]}'", statement)
+
+
+@pytest.mark.parametrize("semantics", list(EnergySemantics))
+async def test_the_ceiling_runs_the_report_statement_under_pgbench(
+    conn: asyncpg.Connection,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    semantics: EnergySemantics,
+    tmp_path: Path,
+) -> None:
+    """The statement given to pgbench answers as the engine's report does, each variable a
+    text of no declared type as pgbench sends it; pgbench runs it."""
+    settings = make_settings(energy_semantics=semantics)
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=3)
+    bench = sql.load("benchmarks")
+    await db.ensure_partitions(conn, start.date() - timedelta(days=1), end.date())
+    for query in (bench.fleet_meter_history, bench.fleet_vehicle_history):
+        await conn.execute(query, start - timedelta(minutes=10), 200, 3, 0)
+    await conn.execute(bench.fleet_assignments, start - timedelta(days=1), 3)
+
+    script = ceilings.report_script(3)
+    first, statement = script.split("\n", 1)
+    assert first == "\\set vehicle random(1, 3)" and "$" not in statement
+    values = ceilings.variables(settings, start, end)
+    for number in (1, 2, 3):
+        found = await conn.fetchrow(_bound(statement, {**values, "vehicle": str(number)}))
+        expected = await store.performance(conn, f"vehicle-{number:05d}", start, end, settings)
+        assert expected is not None and expected.dc.readings > 0
+        assert found is not None
+        assert (found["readings"], found["kwh"]) == (expected.dc.readings, expected.dc.kwh)
+        assert (found["meter_ids"], found["meter_kwh"]) == (expected.meter_ids, expected.meter_kwh)
+
+    (tmp_path / "report.pgbench").write_text(script)
+    rate = harness.run_pgbench(
+        harness.ensure_pgbench(),
+        database_url,
+        tmp_path / "report.pgbench",
+        clients=2,
+        threads=1,
+        seconds=1,
+        variables=values,
+        settings=ceilings.SESSION,
+    )
+    assert rate > 0
