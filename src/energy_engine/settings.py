@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     # Each statement of the request pool (reads, assignments) is cancelled by PostgreSQL after
     # `statement_timeout`; a read that runs out of time answers 503 (errors.unavailable).
     statement_timeout: timedelta = timedelta(seconds=5)
+    # The fleet ranking reads every device's window in one statement: a window starting
+    # mid-hour reads every device's raw edge rows and takes seconds over 10,000 vehicles
+    # (docs/performance.md), so it gets a bound of its own, below command_timeout.
+    fleet_statement_timeout: timedelta = Field(default=timedelta(seconds=20), gt=timedelta(0))
     # Temporary files (sorts and hashes spilled to disk) one session may write, in MB; 0 for
     # no limit. A superuser-only setting: a role that may not set it gets a warning, no limit.
     temp_file_limit_mb: int = Field(default=512, ge=0)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from energy_engine import db
+from energy_engine.analytics import fleet
 from energy_engine.rollups import store as rollups
 from tests.conftest import ClientWith, MakeSettings, admin
 from tests.readings import iso, minute_ago, vehicle
@@ -32,6 +33,23 @@ async def test_request_sessions_carry_the_limits(make_settings: MakeSettings) ->
         await pool.close()
     assert limits is not None
     assert (limits["statement_timeout"], limits["temp_file_limit"]) == ("3s", "64MB")
+
+
+async def test_the_fleet_statement_has_a_bound_of_its_own(make_settings: MakeSettings) -> None:
+    settings = make_settings(
+        statement_timeout=timedelta(seconds=3), fleet_statement_timeout=timedelta(seconds=17)
+    )
+    end = datetime.now(UTC)
+    pool = await db.create_pool(settings.database_url or "", settings)
+    try:
+        async with pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                await fleet.prepare(conn, end - timedelta(days=1), end, settings)
+                assert await conn.fetchval("SHOW statement_timeout") == "17s"
+            # Only for the fleet's transaction: the connection goes back bounded as before.
+            assert await conn.fetchval("SHOW statement_timeout") == "3s"
+    finally:
+        await pool.close()
 
 
 async def test_a_read_out_of_time_answers_503(

@@ -49,6 +49,8 @@ async def prepare(
 ) -> tuple[object, ...]:
     """Inside a transaction: set the fleet statement up and return its arguments."""
     await conn.execute(queries.fleet_session)
+    timeout_ms = int(settings.fleet_statement_timeout.total_seconds() * 1000)
+    await conn.execute(queries.fleet_timeout, f"{timeout_ms}ms")
     rolled = (await rollups.watermarks(conn))["rolled"]
     return (
         start,

@@ -88,6 +88,10 @@ ORDER BY s.step_from;
 -- over a fleet need more than the default 4 MB. Both in one round trip.
 SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '64MB';
 
+-- name: fleet_timeout
+-- The fleet statement's own statement_timeout ($1, e.g. '20000ms'), for this transaction.
+SELECT set_config('statement_timeout', $1, true);
+
 -- name: fleet
 -- Every known vehicle's window at once (analytics/fleet.py): per vehicle (reported or
 -- assigned) its DC readings, kWh, skipped and average battery temperature, and the meters
