@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from energy_engine.errors import ApiError
@@ -462,6 +462,16 @@ def readings(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(readings())
+# A timestamp out of range and a value too small to store: both reported, as by the API.
+@example(
+    {
+        "vehicleId": "0",
+        "soc": 3.0674163376925543e-221,
+        "kwhDeliveredDc": 0.0,
+        "batteryTemp": 0.0,
+        "timestamp": "2000-01-01T00:00:00Z",
+    }
+)
 def test_the_fast_path_accepts_only_what_the_models_accept_with_their_values(
     item: dict[str, Any],
 ) -> None:

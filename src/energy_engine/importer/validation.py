@@ -220,15 +220,15 @@ class Encoder:
                 self.problems.append(Problem(path, line, field, reason_of(error)))
             return False
         micros = pg_micros(reading.timestamp)
-        # The same limits and words as the API's `ingest/parse.py`.
+        # The same limits, words and order as the API's `ingest/parse.py`: a timestamp out of
+        # range first, then every value too small to store (all of them, as the API reports).
+        problems: list[Problem] = []
         if micros > self.latest:
             reason = f"more than {duration_text(self.settings.max_future_skew)} in the future"
-            self.problems.append(Problem(path, line, "timestamp", reason))
-            return False
-        if micros < self.oldest:
+            problems.append(Problem(path, line, "timestamp", reason))
+        elif micros < self.oldest:
             reason = f"older than the maximum age of {duration_text(self.settings.max_reading_age)}"
-            self.problems.append(Problem(path, line, "timestamp", reason))
-            return False
+            problems.append(Problem(path, line, "timestamp", reason))
         values: tuple[float, ...]
         names: tuple[str, ...]
         if isinstance(reading, MeterReading):
@@ -238,13 +238,13 @@ class Encoder:
             values = (reading.soc, reading.kwh_delivered_dc, reading.battery_temp)
             names = ("soc", "kwhDeliveredDc", "batteryTemp")
             tiny, sizes = self.vehicle_tiny, self.vehicle_sizes
-        unstorable = [
+        problems += (
             Problem(path, line, name, "too close to 0 for the history column (real); write 0")
             for name, value, limit in zip(names, values, tiny, strict=True)
             if value != 0 and -limit <= value <= limit
-        ]
-        if unstorable:  # the API takes such a value and then fails to store it
-            self.problems += unstorable
+        )
+        if problems:
+            self.problems += problems
             return False
         self._note_time(micros)
         fields = [x for pair in zip(sizes, values, strict=True) for x in pair]
