@@ -203,7 +203,7 @@ async def _pack(conn: Connection, name: str, lock_timeout: timedelta) -> int | N
     except asyncpg.LockNotAvailableError:
         return None
     # Outside a transaction: VACUUM and REINDEX … CONCURRENTLY cannot run in one. The name
-    # comes from the catalog (packable_partitions), quoted there by regclass::text.
+    # comes from the catalog (raw_partitions_before), quoted there by regclass::text.
     async with db.unbounded_session(conn):
         await conn.execute(f"VACUUM {name}", timeout=None)
         await conn.execute(f"REINDEX TABLE CONCURRENTLY {name}", timeout=None)

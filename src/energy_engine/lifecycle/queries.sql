@@ -10,28 +10,16 @@ SELECT pg_try_advisory_lock($1);
 SELECT pg_advisory_unlock($1);
 
 -- name: expired_partitions
--- History partitions, raw and packed, wholly before $1 (their upper bound at or before it), oldest first, with
--- the planner's row estimate (-1: never analysed) and their size with indexes and TOAST. The
--- bounds are read from the catalog, not from the names, so any partition counts; one bounded
--- by MINVALUE or MAXVALUE matches no pattern and is never dropped.
-SELECT c.oid::regclass::text AS name,
-       p.relname AS parent,
-       bounds.m[1]::timestamptz AS range_from,
-       bounds.m[2]::timestamptz AS range_to,
+-- History partitions, raw and packed, wholly before $1 (their upper bound at or before it),
+-- oldest first, with the planner's row estimate (-1: never analysed) and their size with
+-- indexes and TOAST. The bounds are read from the catalog (history_partitions), not from the
+-- names; one bounded by MINVALUE or MAXVALUE matches no pattern and is never dropped.
+SELECT h.child::text AS name, h.parent, h.range_from, h.range_to,
        c.reltuples::bigint AS rows_estimate,
-       pg_total_relation_size(c.oid) AS bytes
-FROM pg_inherits i
-JOIN pg_class c ON c.oid = i.inhrelid
-JOIN pg_class p ON p.oid = i.inhparent
-CROSS JOIN LATERAL (
-    SELECT regexp_match(
-        pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)'
-    ) AS m
-) bounds
-WHERE i.inhparent IN (to_regclass('meter_readings'), to_regclass('vehicle_readings'),
-                      to_regclass('meter_readings_packed'),
-                      to_regclass('vehicle_readings_packed'))
-  AND bounds.m[2]::timestamptz <= $1
+       pg_total_relation_size(h.child) AS bytes
+FROM history_partitions AS h
+JOIN pg_class AS c ON c.oid = h.child
+WHERE h.range_to <= $1
 ORDER BY range_to, name;
 
 -- name: drop_partition
@@ -77,7 +65,7 @@ FROM maintenance_runs;
 
 -- name: packable_partitions
 -- Raw day partitions wholly before $1 that hold readings, oldest first.
-SELECT child::text AS name FROM packable_partitions($1) AS child;
+SELECT child::text AS name FROM raw_partitions_before($1) WHERE filled;
 
 -- name: pack_partition
 -- Moves one raw day partition's readings into the packed form (migrations/0005).
@@ -85,4 +73,4 @@ SELECT pack_reading_partition($1::regclass);
 
 -- name: retired_partitions
 -- Packed raw day partitions wholly before $1 that are empty (no reading can arrive for them).
-SELECT child::text AS name FROM retired_partitions($1) AS child;
+SELECT child::text AS name FROM raw_partitions_before($1) WHERE packed AND NOT filled;
