@@ -279,3 +279,115 @@ async def test_a_late_reading_becomes_the_next_rolled_hours_predecessor(
         assert got.dc.kwh == pytest.approx(alone.dc.kwh) == pytest.approx(45.0)
     finally:
         await pool.close()
+
+
+SPAN_DAY = FIRST_DAY - timedelta(days=10)  # clear of the other tests' days
+
+
+async def test_the_last_24_whole_hours_read_span_rollups_and_a_late_reading_redoes_them(
+    conn: db.Connection, database_url: str, settings: Settings
+) -> None:
+    """A window of the last 24 whole hours reads one span rollup a device instead of 24 hour
+    rollups, with the same numbers; a late reading in one of its hours is counted before the
+    refresher redoes the span (the device reads its hour rollups meanwhile) and after."""
+    points = [SPAN_DAY + timedelta(minutes=m) for m in range(0, 30 * 60, 7)]
+    pool = await db.create_pool(database_url, settings)
+    try:
+        await db.ensure_partitions(conn, SPAN_DAY.date(), (SPAN_DAY + timedelta(days=2)).date())
+        await rollups.match_rules(conn, settings)
+        await conn.execute(
+            "INSERT INTO assignments (vehicle_id, meter_id, valid_from) VALUES ($1, $2, $3)",
+            "V-span",
+            "M-span",
+            SPAN_DAY - timedelta(days=1),
+        )
+        await write_readings(
+            conn,
+            [
+                MeterReading.model_construct(
+                    meter_id="M-span", timestamp=t, kwh_consumed_ac=0.2 * i, voltage=230.0
+                )
+                for i, t in enumerate(points)
+            ],
+            [
+                VehicleReading.model_construct(
+                    vehicle_id="V-span",
+                    timestamp=t,
+                    soc=50.0,
+                    kwh_delivered_dc=0.17 * i,
+                    battery_temp=20.0 + i % 5,
+                )
+                for i, t in enumerate(points)
+            ],
+        )
+        rolled_to = SPAN_DAY + timedelta(hours=30)
+        await rollups.refresh(pool, settings, rolled_to + timedelta(minutes=5))
+        # The spans of the last day of start hours are kept, the newest ending where rolled.
+        starts = [r[0] for r in await conn.fetch("SELECT span_from FROM rollup_span_starts")]
+        assert sorted(starts) == [rolled_to - timedelta(hours=h) for h in range(47, 23, -1)]
+        start = rolled_to - timedelta(hours=24)
+        end = rolled_to
+
+        async def check() -> analytics.Performance:
+            everyone = await fleet.fleet_numbers(pool, start, end, settings)
+            alone = await analytics.performance(conn, "V-span", start, end, settings)
+            assert alone is not None
+            got = everyone["V-span"]
+            assert (got.dc.readings, got.meter_readings) == (
+                alone.dc.readings,
+                alone.meter_readings,
+            )
+            assert got.dc.kwh == pytest.approx(alone.dc.kwh, rel=1e-12)
+            assert got.meter_kwh == pytest.approx(alone.meter_kwh, rel=1e-12)
+            assert got.dc.avg_battery_temp == pytest.approx(alone.dc.avg_battery_temp)
+            return got
+
+        inside = [t for t in points if start <= t < end]
+        got = await check()
+        assert got.dc.readings == len(inside)
+        # Every reading's step is 0.17 kWh, the first one's too (its predecessor is older).
+        assert got.dc.kwh == pytest.approx(0.17 * len(inside))
+        span = await conn.fetchrow(
+            "SELECT readings, added_kwh FROM vehicle_span_rollups"
+            " WHERE vehicle_id = $1 AND span_from = $2",
+            "V-span",
+            start,
+        )
+        assert span is not None and span["readings"] == len(inside)
+        # The fleet reads that span: a count changed in it shows in the fleet's answer.
+        tamper = (
+            "UPDATE vehicle_span_rollups SET readings = readings + $3"
+            " WHERE vehicle_id = $1 AND span_from = $2"
+        )
+        await conn.execute(tamper, "V-span", start, 1000)
+        tampered = await fleet.fleet_numbers(pool, start, end, settings)
+        assert tampered["V-span"].dc.readings == len(inside) + 1000
+        await conn.execute(tamper, "V-span", start, -1000)
+
+        # A late reading between two of the window's readings: a counter reset in between.
+        late = start + timedelta(hours=5, seconds=30)
+        await write_readings(
+            conn,
+            [],
+            [
+                VehicleReading.model_construct(
+                    vehicle_id="V-span",
+                    timestamp=late,
+                    soc=50.0,
+                    kwh_delivered_dc=0.01,
+                    battery_temp=90.0,
+                )
+            ],
+        )
+        assert (await check()).dc.readings == len(inside) + 1
+        await rollups.refresh(pool, settings, rolled_to + timedelta(minutes=10))
+        assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 0
+        redone = await conn.fetchval(
+            "SELECT readings FROM vehicle_span_rollups WHERE vehicle_id = $1 AND span_from = $2",
+            "V-span",
+            start,
+        )
+        assert redone == len(inside) + 1
+        assert (await check()).dc.readings == len(inside) + 1
+    finally:
+        await pool.close()

@@ -100,6 +100,51 @@ ON CONFLICT (vehicle_id, day) DO UPDATE SET
     joined_skipped = excluded.joined_skipped, battery_temp_sum = excluded.battery_temp_sum,
     soc_min = excluded.soc_min, soc_max = excluded.soc_max;
 
+-- name: roll_meter_spans
+-- The meters' span rollups (rollup_spans in migrations/0006_span_rollups.sql) of the start
+-- hours [$1, $2) (rolling), or of the kept spans holding the device-hours ($3 devices, $4
+-- hours) that were redone or repaired (redoing); the other pair NULL.
+INSERT INTO meter_span_rollups AS d (
+    meter_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+    joined_kwh, joined_skipped
+)
+SELECT device_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped,
+       prev_at, joined_kwh, joined_skipped
+FROM rollup_spans('meter', $1, $2, $3, $4)
+ON CONFLICT (meter_id, span_from) DO UPDATE SET
+    readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
+    last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    prev_at = excluded.prev_at, joined_kwh = excluded.joined_kwh,
+    joined_skipped = excluded.joined_skipped;
+
+-- name: roll_vehicle_spans
+INSERT INTO vehicle_span_rollups AS d (
+    vehicle_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
+    joined_kwh, joined_skipped, battery_temp_sum, soc_min, soc_max
+)
+SELECT device_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped,
+       prev_at, joined_kwh, joined_skipped, sensor_sum, soc_min, soc_max
+FROM rollup_spans('vehicle', $1, $2, $3, $4)
+ON CONFLICT (vehicle_id, span_from) DO UPDATE SET
+    readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
+    last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+    prev_at = excluded.prev_at, joined_kwh = excluded.joined_kwh,
+    joined_skipped = excluded.joined_skipped, battery_temp_sum = excluded.battery_temp_sum,
+    soc_min = excluded.soc_min, soc_max = excluded.soc_max;
+
+-- name: keep_spans
+-- After the spans of the start hours [$2, $3) are written: record them as kept, and drop the
+-- spans starting before $1 (older windows read day and hour rollups).
+WITH kept AS (
+    INSERT INTO rollup_span_starts (span_from)
+    SELECT generate_series($2::timestamptz, $3::timestamptz - interval '1 hour',
+                           interval '1 hour')
+    ON CONFLICT DO NOTHING
+),
+old_starts AS (DELETE FROM rollup_span_starts WHERE span_from < $1),
+old_meters AS (DELETE FROM meter_span_rollups WHERE span_from < $1)
+DELETE FROM vehicle_span_rollups WHERE span_from < $1;
+
 -- name: take_dirty
 -- Dirty hours to redo, but not one whose redo failed as it is now (quarantined with its mark's
 -- generation): it is tried again once a new reading changes it.
@@ -198,6 +243,9 @@ WITH cleared_meters AS (DELETE FROM meter_rollups),
      cleared_vehicles AS (DELETE FROM vehicle_rollups),
      cleared_meter_days AS (DELETE FROM meter_day_rollups),
      cleared_vehicle_days AS (DELETE FROM vehicle_day_rollups),
+     cleared_meter_spans AS (DELETE FROM meter_span_rollups),
+     cleared_vehicle_spans AS (DELETE FROM vehicle_span_rollups),
+     cleared_span_starts AS (DELETE FROM rollup_span_starts),
      cleared_dirty AS (DELETE FROM rollup_dirty),
      rules AS (
          INSERT INTO rollup_rules (interval_kwh, max_power_kw) VALUES ($1, $2)

@@ -36,12 +36,19 @@ STATEMENT_TIMEOUT_S = 3600.0
 
 T = TypeVar("T")
 
+HOUR = timedelta(hours=1)
+SPAN = timedelta(days=1)  # a span rollup's length
+# How many start hours' spans are kept: the fleet's default window, the last 24 whole hours,
+# starts at the newest; a day of them also serves the windows asked for in the last day.
+SPAN_STARTS = timedelta(days=1)
+
 
 class _Stream(NamedTuple):
     """The statements that roll one stream (meter or vehicle) up."""
 
     hours: str  # (re)aggregate device-hours from raw readings
     days: str  # day rollups from hour rollups
+    spans: str  # span rollups (24 hours from each recent hour) from hour rollups
     repair_next: str  # the predecessor of the rollup after a redone hour
     devices_in: str  # the devices with readings in a range
     leave_dirty: str  # mark devices' hours in a range dirty
@@ -51,6 +58,7 @@ _STREAMS = {
     "meter": _Stream(
         queries.roll_meter_hours,
         queries.roll_meter_days,
+        queries.roll_meter_spans,
         queries.repair_next_meter,
         queries.meter_devices_in,
         queries.leave_meters_dirty,
@@ -58,6 +66,7 @@ _STREAMS = {
     "vehicle": _Stream(
         queries.roll_vehicle_hours,
         queries.roll_vehicle_days,
+        queries.roll_vehicle_spans,
         queries.repair_next_vehicle,
         queries.vehicle_devices_in,
         queries.leave_vehicles_dirty,
@@ -155,8 +164,20 @@ async def roll(conn: Connection, settings: Settings, *, max_hours: int = 24) -> 
         if days[0] < days[1]:
             for statements in _STREAMS.values():
                 await conn.execute(statements.days, *days, None, None, timeout=STATEMENT_TIMEOUT_S)
+        await _roll_spans(conn, rolled, until)
         await conn.execute(queries.set_rolled, until)
         return until
+
+
+async def _roll_spans(conn: Connection, rolled: datetime, until: datetime) -> None:
+    """The span rollups that rolling [rolled, until) completes: the span from hour s is
+    complete once s + 24 h is rolled; only the last day of start hours is kept."""
+    keep_from = until - SPAN - SPAN_STARTS + HOUR
+    starts = (max(rolled - SPAN + HOUR, keep_from), until - SPAN + HOUR)
+    if starts[0] < starts[1]:
+        for statements in _STREAMS.values():
+            await conn.execute(statements.spans, *starts, None, None, timeout=STATEMENT_TIMEOUT_S)
+    await conn.execute(queries.keep_spans, keep_from, *starts)
 
 
 async def _roll_apart(
@@ -253,6 +274,7 @@ async def _redo(
     devices += [r["device_id"] for r in repaired]
     hours += [r["hour"] for r in repaired]
     await conn.execute(statements.days, None, None, devices, hours, timeout=STATEMENT_TIMEOUT_S)
+    await conn.execute(statements.spans, None, None, devices, hours, timeout=STATEMENT_TIMEOUT_S)
 
 
 async def _quarantine(conn: Connection, failed: list[tuple[asyncpg.Record, str]]) -> None:
