@@ -112,9 +112,11 @@ def create_app(settings: Settings) -> FastAPI:
                     subscriber = Subscriber(settings, writer)
                     subscriber.start()  # connects in the background, retrying with backoff
                 app.state.mqtt = subscriber
-                yield
-                if subscriber is not None:  # its messages in flight go through the writer
-                    await subscriber.close()
+                try:
+                    yield
+                finally:  # paho's thread must not outlive the app, however it ends
+                    if subscriber is not None:  # its messages in flight go through the writer
+                        await subscriber.close()
                 await writer.close()  # commit everything queued before the pools go
                 for task in background:
                     task.cancel()
