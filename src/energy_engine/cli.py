@@ -30,6 +30,7 @@ from energy_engine.auth import keys as api_keys
 from energy_engine.auth import store as key_store
 from energy_engine.bounds import duration_text
 from energy_engine.lifecycle import maintenance
+from energy_engine.mqtt.client import Broker
 from energy_engine.observability import logs, metrics
 from energy_engine.settings import Settings
 
@@ -82,6 +83,15 @@ def _http_url(url: str) -> str:
         parts.port  # noqa: B018  # raises on a port out of range or not a number
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    return url
+
+
+def _mqtt_url(url: str | None) -> str | None:
+    if url is not None:
+        try:
+            Broker.from_url(url)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     return url
 
 
@@ -384,6 +394,16 @@ def simulate(
     ] = 0.05,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Readings a request.")] = 1000,
     concurrency: Annotated[int, typer.Option(min=1, max=1000, help="Requests in flight.")] = 4,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            callback=_mqtt_url,
+            help="Publish the readings to this MQTT broker (mqtt://user:password@host:port or "
+            "mqtts://), one QoS 1 message a reading on its device's topic under "
+            "ENERGY_MQTT_TOPIC_PREFIX (energy); assignments still go to --url.",
+        ),
+    ] = None,
     out: Annotated[
         str | None,
         typer.Option(
@@ -408,6 +428,8 @@ def simulate(
         raise typer.BadParameter("give --rate or --speedup, not both")
     if out is not None and (backfill is None or rate is not None or speedup is not None):
         raise typer.BadParameter("--out writes a --backfill; it takes no --rate or --speedup")
+    if out is not None and mqtt is not None:
+        raise typer.BadParameter("--out writes files; it takes no --mqtt")
     config = FleetConfig(meters=meters, vehicles=vehicles, seed=seed, faulty_share=faulty_share)
     stats = run_simulation(
         config,
@@ -419,6 +441,7 @@ def simulate(
         batch_size=batch_size,
         concurrency=concurrency,
         out=None if out is None else Path(out),
+        mqtt=None if mqtt is None else (mqtt, _settings().mqtt_topic_prefix),
     )
     if stats.first_error:
         raise typer.Exit(1)

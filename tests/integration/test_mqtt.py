@@ -11,7 +11,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,17 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from energy_engine.app import create_app
+from energy_engine.cli import cli
 from energy_engine.mqtt.client import Broker
 from energy_engine.mqtt.subscriber import Subscriber
 from energy_engine.settings import Settings
-from tests.conftest import MakeSettings
+from energy_engine.simulate.fleet import Fleet, FleetConfig, floor_minute
+from energy_engine.simulate.publish import publisher
+from energy_engine.simulate.send import simulate
+from tests.conftest import MakeSettings, app_client
 from tests.integration.test_outage import PrivatePostgres
 from tests.mosquitto import device, mosquitto
 from tests.readings import meter, minute_ago, vehicle
@@ -278,3 +283,29 @@ async def test_a_message_the_database_could_not_take_is_stored_once_it_is_back(
     finally:
         await stored.close()
     assert [row["meter_id"] for row in rows] == ["M-1", "M-2"]
+
+
+async def test_the_simulator_publishes_its_readings_over_mqtt(
+    engine: FastAPI, broker_url: str, prefix: str, conn: asyncpg.Connection
+) -> None:
+    start = floor_minute(datetime.now(UTC)) - timedelta(minutes=9)
+    fleet = Fleet(FleetConfig(meters=3, vehicles=3, seed=1), start)
+    async with app_client(engine) as http, publisher(broker_url, prefix) as readings:
+        stats = await simulate(
+            http, fleet, end=start + timedelta(minutes=9), send_readings=readings.send
+        )
+    assert stats.readings == 60
+    assert (stats.accepted, stats.rejected, stats.first_error) == (60, 0, None)
+
+    async def all_stored() -> bool:
+        meters = await conn.fetchval("SELECT count(*) FROM meter_readings")
+        vehicles = await conn.fetchval("SELECT count(*) FROM vehicle_readings")
+        return bool(meters + vehicles == 60)
+
+    await _until(all_stored, "every published reading stored")
+
+
+def test_simulate_refuses_a_broker_url_of_another_scheme() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--mqtt", "http://broker:1883"])
+    assert result.exit_code == 2
+    assert "mqtt:// or mqtts://" in result.output
