@@ -225,10 +225,11 @@ class Settings(BaseSettings):
     # subscription of this group, so the broker hands each message to one of them.
     mqtt_topic_prefix: str = Field(default="energy", pattern=r"^[^#+]+$")
     mqtt_shared_group: str = Field(default="energy-engine", pattern=r"^[^/#+]+$")
-    # The broker keeps a client's session (its unacknowledged messages) this long after the
-    # connection drops, and hands them back when the same client id connects again. None:
-    # energy-engine-{host}-{pid}, a new session each start; give each process a stable id
-    # of its own to get its unacknowledged messages back after a restart.
+    # With a client id set, the broker keeps this process's session (its unacknowledged and
+    # queued messages) for mqtt_session_expiry after the connection drops and hands them back
+    # when the same id connects again: give each engine process a stable id of its own (one
+    # process per id). None: energy-engine-{host}-{pid} with no session kept (a crash loses
+    # the messages in flight to the process; see docs/mqtt.md).
     mqtt_client_id: str | None = None
     mqtt_session_expiry: timedelta = timedelta(minutes=5)
     mqtt_ca_file: Path | None = None

@@ -309,3 +309,12 @@ def test_simulate_refuses_a_broker_url_of_another_scheme() -> None:
     result = CliRunner().invoke(cli, ["simulate", "--mqtt", "http://broker:1883"])
     assert result.exit_code == 2
     assert "mqtt:// or mqtts://" in result.output
+
+
+def test_only_a_stable_client_id_keeps_its_session() -> None:
+    writer: Any = None  # not started: only the connection's parameters are read
+    stable = Settings(_env_file=None, mqtt_url="mqtt://h", mqtt_client_id="engine-1")
+    assert Subscriber(stable, writer).session_expiry_s == 300
+    default = Subscriber(Settings(_env_file=None, mqtt_url="mqtt://h"), writer)
+    assert default.session_expiry_s == 0
+    assert default.client_id.startswith("energy-engine-")

@@ -85,6 +85,19 @@ class Subscriber:
         group = self.settings.mqtt_shared_group
         return [f"$share/{group}/{self.prefix}/{kind}/+" for kind in KINDS]
 
+    @property
+    def session_expiry_s(self) -> int:
+        """How long the broker keeps this client's session after a disconnection: the
+        setting for a configured (stable) client id, 0 for the per-process default one.
+
+        Mosquitto goes on handing a shared subscription's messages to a member whose session
+        lives on while it is disconnected (they wait there for it), so a session only a
+        process that never comes back could resume would hold its share of every message
+        until it expired, and then drop them."""
+        if self.settings.mqtt_client_id is None:
+            return 0
+        return int(self.settings.mqtt_session_expiry.total_seconds())
+
     def start(self) -> None:
         """Connect in the background (paho's thread retries with backoff) and subscribe."""
         self._loop = asyncio.get_running_loop()
@@ -102,15 +115,15 @@ class Subscriber:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect.SessionExpiryInterval = int(settings.mqtt_session_expiry.total_seconds())
+        connect.SessionExpiryInterval = self.session_expiry_s
         connect.ReceiveMaximum = settings.mqtt_max_inflight
-        # Never a clean start: a session this client id left (a restart) still holds the
-        # messages it had not acknowledged.
         client.connect_async(
             self.broker.host,
             self.broker.port,
             keepalive=max(5, int(settings.mqtt_keepalive.total_seconds())),
-            clean_start=False,
+            # A session this client id left (a restart) still holds the messages it had not
+            # acknowledged: resume it.
+            clean_start=self.session_expiry_s == 0,
             properties=connect,
         )
         client.loop_start()
