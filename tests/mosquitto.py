@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import queue
 import shutil
 import socket
@@ -29,12 +30,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mosquitto(directory: Path) -> Iterator[str]:
-    """Run a broker (anonymous, no persistence) until the block ends; yields its mqtt:// URL."""
+def mosquitto(directory: Path, access: str = "allow_anonymous true\n") -> Iterator[str]:
+    """Run a broker (no persistence; `access`: its authentication lines) until the block
+    ends; yields its mqtt:// URL."""
     port = free_port()
     config = directory / "mosquitto.conf"
     config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        # As root, mosquitto would switch to the `mosquitto` user, who may not read the test's
+        # files (password, ACL); it stays the test's user instead.
+        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\n{access}persistence false\n"
         "log_dest stderr\nlog_type error\nlog_type warning\n"
     )
     log = (directory / "mosquitto.log").open("wb")
@@ -84,12 +88,12 @@ class Device:
 
 
 @contextlib.contextmanager
-def device(url: str, client_id: str = "") -> Iterator[Device]:
+def device(url: str, username: str | None = None, password: str | None = None) -> Iterator[Device]:
     """A connected test client of the broker at `url` (mqtt://127.0.0.1:PORT)."""
     port = int(url.rsplit(":", 1)[1])
-    client = Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-    )
+    client = Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
     received: queue.Queue[MQTTMessage] = queue.Queue()
 
     def on_message(_client: Client, _userdata: Any, message: MQTTMessage) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -34,6 +36,8 @@ from tests.conftest import MakeSettings, app_client
 from tests.integration.test_outage import PrivatePostgres
 from tests.mosquitto import device, mosquitto
 from tests.readings import meter, minute_ago, vehicle
+
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +322,46 @@ def test_only_a_stable_client_id_keeps_its_session() -> None:
     default = Subscriber(Settings(_env_file=None, mqtt_url="mqtt://h"), writer)
     assert default.session_expiry_s == 0
     assert default.client_id.startswith("energy-engine-")
+
+
+def _documented_acl() -> str:
+    """The ACL file docs/mqtt.md gives (its block starting `# energy.acl`)."""
+    doc = (Path(__file__).parents[2] / "docs" / "mqtt.md").read_text()
+    head = "```text\n# energy.acl\n"
+    assert head in doc
+    return "# energy.acl\n" + doc.split(head, 1)[1].split("```", 1)[0]
+
+
+async def test_the_documented_acl_lets_a_device_publish_only_to_its_own_topic(
+    make_settings: MakeSettings, tmp_path: Path, conn: asyncpg.Connection
+) -> None:
+    acl = tmp_path / "energy.acl"
+    acl.write_text(_documented_acl())
+    passwords = tmp_path / "energy.passwd"
+    passwords.touch(mode=0o600)
+    for user in ("energy-engine", "M-1"):
+        add = [MOSQUITTO_PASSWD, "-b", str(passwords), user, f"{user}-pw"]
+        await asyncio.to_thread(subprocess.run, add, check=True)
+    access = f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+    at = minute_ago(1)
+    with mosquitto(tmp_path, access) as url:
+        engine_url = url.replace("mqtt://", "mqtt://energy-engine:energy-engine-pw@")
+        async with running(make_settings(mqtt_url=engine_url, mqtt_client_id="engine-acl")):
+            with device(url, "M-1", "M-1-pw") as dev:
+                dev.subscribe("energy/errors/meters/M-1")
+                dev.publish("energy/meters/M-2", orjson.dumps(meter("M-2", at, 1.0)))
+                dev.publish("energy/meters/M-1", orjson.dumps(meter("M-1", at, 1.0)))
+                dev.publish("energy/meters/M-1", orjson.dumps(meter("M-2", at, 2.0)))
+                # The engine may answer on the device's error topic, and the device read it.
+                error = await dev.next_message()
+                assert orjson.loads(error.payload)["error"] == "device_mismatch"
+
+                async def stored() -> bool:
+                    return bool(await conn.fetchval("SELECT count(*) FROM meter_readings") == 1)
+
+                await _until(stored, "M-1's reading stored")
+    # The engine has stopped, storing what it had received: the broker dropped M-1's publish
+    # to M-2's topic, it never reached the engine.
+    assert [r["meter_id"] for r in await conn.fetch("SELECT meter_id FROM meter_readings")] == [
+        "M-1"
+    ]
