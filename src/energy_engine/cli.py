@@ -139,6 +139,14 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    if settings.mqtt_client_id is not None and workers > 1:
+        # Two connections with one client id take the broker session from each other.
+        typer.echo(
+            "error: ENERGY_MQTT_CLIENT_ID names one MQTT session, and every worker would "
+            "connect with it; run one process per client id (--workers 1), or leave it unset",
+            err=True,
+        )
+        raise typer.Exit(2)
     logs.configure(settings)
     _check_database(settings)
     options: dict[str, Any] = {

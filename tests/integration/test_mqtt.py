@@ -365,3 +365,12 @@ async def test_the_documented_acl_lets_a_device_publish_only_to_its_own_topic(
     assert [r["meter_id"] for r in await conn.fetch("SELECT meter_id FROM meter_readings")] == [
         "M-1"
     ]
+
+
+def test_serve_refuses_one_client_id_for_several_workers() -> None:
+    env = {"DATABASE_URL": "postgresql://engine@127.0.0.1:1/energy", "MQTT_URL": "mqtt://h"}
+    result = CliRunner().invoke(
+        cli, ["serve", "--workers", "2"], env={**env, "ENERGY_MQTT_CLIENT_ID": "engine-1"}
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ENERGY_MQTT_CLIENT_ID names one MQTT session")

@@ -130,12 +130,16 @@ class Subscriber:
         self._client = client
 
     async def close(self) -> None:
-        """Unsubscribe, let the messages in flight be stored (a bounded wait), disconnect."""
+        """Let the messages in flight be stored (a bounded wait), then disconnect."""
         client = self._client
         if client is None:
             return
         self._closing = True
-        client.unsubscribe(self.topics)
+        if self.session_expiry_s == 0:
+            # The session ends with the connection: stop new messages coming while those in
+            # flight are stored. A kept session keeps its subscription instead, so that the
+            # broker queues this process's share of the messages until it is back.
+            client.unsubscribe(self.topics)
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=SHUTDOWN_GRACE_S)
         for task in self._handlers:
@@ -208,6 +212,10 @@ class Subscriber:
         if message.dup:
             metrics.count_mqtt("redelivered")
         kind, device = self._route(message.topic)
+        if kind not in self.parsers:  # not a topic of ours (a session left by another setup)
+            log.warning("ignored an MQTT message on %s", message.topic)
+            self._ack(message, connection)
+            return
         try:
             meters, vehicles = self._readings(kind, device, message.payload)
         except ApiError as error:
