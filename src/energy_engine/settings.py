@@ -231,7 +231,7 @@ class Settings(BaseSettings):
     # process per id). None: energy-engine-{host}-{pid} with no session kept (a crash loses
     # the messages in flight to the process; see docs/mqtt.md).
     mqtt_client_id: str | None = None
-    mqtt_session_expiry: timedelta = timedelta(minutes=5)
+    mqtt_session_expiry: timedelta = Field(default=timedelta(minutes=5), ge=timedelta(0))
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
