@@ -34,7 +34,7 @@ from energy_engine.simulate.publish import publisher
 from energy_engine.simulate.send import simulate
 from tests.conftest import MakeSettings, app_client
 from tests.integration.test_outage import PrivatePostgres
-from tests.mosquitto import device, mosquitto
+from tests.mosquitto import device, free_port, mosquitto
 from tests.readings import meter, minute_ago, vehicle
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -374,3 +374,56 @@ def test_serve_refuses_one_client_id_for_several_workers() -> None:
     )
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ENERGY_MQTT_CLIENT_ID names one MQTT session")
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed (openssl)."""
+    files = {name: directory / name for name in ("ca.crt", "ca.key")}
+
+    def openssl(*args: str | Path) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *key, "-keyout", files["ca.key"], "-out", files["ca.crt"],
+            "-days", "1", "-subj", "/CN=energy test CA")  # fmt: skip
+    for name, subject in (("server", "127.0.0.1"), ("client", "energy-engine")):
+        extensions = directory / f"{name}.ext"
+        extensions.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "")
+        request = directory / f"{name}.csr"
+        files[f"{name}.key"] = directory / f"{name}.key"
+        files[f"{name}.crt"] = directory / f"{name}.crt"
+        openssl("req", *key, "-keyout", files[f"{name}.key"], "-out", request,
+                "-subj", f"/CN={subject}")  # fmt: skip
+        openssl("x509", "-req", "-in", request, "-CA", files["ca.crt"], "-CAkey", files["ca.key"],
+                "-CAcreateserial", "-days", "1", "-out", files[f"{name}.crt"],
+                "-extfile", extensions)  # fmt: skip
+    return files
+
+
+async def test_the_engine_connects_over_tls_with_a_client_certificate(
+    make_settings: MakeSettings, tmp_path: Path, conn: asyncpg.Connection
+) -> None:
+    certs = await asyncio.to_thread(_certificates, tmp_path)
+    tls_port = free_port()
+    # Devices publish on the plain listener; the engine must come in over TLS.
+    access = (
+        f"allow_anonymous true\nlistener {tls_port} 127.0.0.1\ncafile {certs['ca.crt']}\n"
+        f"certfile {certs['server.crt']}\nkeyfile {certs['server.key']}\n"
+        "require_certificate true\n"
+    )
+    settings = make_settings(
+        mqtt_url=f"mqtts://127.0.0.1:{tls_port}",
+        mqtt_ca_file=certs["ca.crt"],
+        mqtt_cert_file=certs["client.crt"],
+        mqtt_key_file=certs["client.key"],
+        mqtt_client_id="engine-tls",
+    )
+    with mosquitto(tmp_path, access) as url:
+        async with running(settings):
+            with device(url) as dev:
+                dev.publish("energy/meters/M-1", orjson.dumps(meter("M-1", minute_ago(1), 1.0)))
+
+            async def stored() -> bool:
+                return bool(await conn.fetchval("SELECT count(*) FROM meter_readings") == 1)
+
+            await _until(stored, "the reading stored through the TLS subscription")
