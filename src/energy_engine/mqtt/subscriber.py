@@ -77,7 +77,8 @@ class Subscriber:
         self._connection = 0
         self._connection_lock = threading.Lock()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._closing = False  # stopping: no more retries
+        self._stopped = False  # stopped: no more messages taken
 
     @property
     def topics(self) -> list[str]:
@@ -142,6 +143,8 @@ class Subscriber:
             client.unsubscribe(self.topics)
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=SHUTDOWN_GRACE_S)
+        # Messages arriving from now on are left unacknowledged: the broker hands them out again.
+        self._stopped = True
         for task in self._handlers:
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
@@ -204,6 +207,8 @@ class Subscriber:
     # --- the event loop -------------------------------------------------------------------------
 
     def _take(self, message: MQTTMessage, connection: int) -> None:
+        if self._stopped:
+            return
         task = asyncio.create_task(self._handle(message, connection))
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
