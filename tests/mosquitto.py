@@ -30,10 +30,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mosquitto(directory: Path, access: str = "allow_anonymous true\n") -> Iterator[str]:
-    """Run a broker (no persistence; `access`: its authentication lines) until the block
-    ends; yields its mqtt:// URL."""
-    port = free_port()
+def mosquitto(
+    directory: Path, access: str = "allow_anonymous true\n", port: int | None = None
+) -> Iterator[str]:
+    """Run a broker (no persistence; `access`: its authentication lines; on `port`, else a
+    free one) until the block ends; yields its mqtt:// URL."""
+    port = port or free_port()
     config = directory / "mosquitto.conf"
     config.write_text(
         # As root, mosquitto would switch to the `mosquitto` user, who may not read the test's

@@ -427,3 +427,28 @@ async def test_the_engine_connects_over_tls_with_a_client_certificate(
                 return bool(await conn.fetchval("SELECT count(*) FROM meter_readings") == 1)
 
             await _until(stored, "the reading stored through the TLS subscription")
+
+
+async def test_the_engine_waits_for_the_broker_and_reconnects_after_it_restarts(
+    make_settings: MakeSettings, tmp_path: Path, conn: asyncpg.Connection
+) -> None:
+    port = free_port()
+    settings = make_settings(mqtt_url=f"mqtt://127.0.0.1:{port}", mqtt_client_id="engine-re")
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):  # no broker yet: it starts
+        subscriber: Subscriber = application.state.mqtt
+        await asyncio.sleep(0.3)
+        assert not subscriber.subscribed.is_set()
+        for minute in (2, 1):  # the broker comes up; then it restarts
+            with mosquitto(tmp_path, port=port) as url:
+                await asyncio.wait_for(subscriber.subscribed.wait(), 15)
+                with device(url) as dev:
+                    reading = meter("M-1", minute_ago(minute), float(10 - minute))
+                    dev.publish("energy/meters/M-1", orjson.dumps(reading))
+
+                async def stored(count: int = 3 - minute) -> bool:
+                    found = await conn.fetchval("SELECT count(*) FROM meter_readings")
+                    return bool(found == count)
+
+                await _until(stored, f"the reading of {minute} minutes ago stored")
+            await _until(_async(lambda: not subscriber.subscribed.is_set()), "the broker gone")
