@@ -408,8 +408,9 @@ def simulate(
             metavar="URL",
             callback=_mqtt_url,
             help="Publish the readings to this MQTT broker (mqtt://user:password@host:port or "
-            "mqtts://), one QoS 1 message a reading on its device's topic under "
-            "ENERGY_MQTT_TOPIC_PREFIX (energy); assignments still go to --url.",
+            "mqtts://, with ENERGY_MQTT_CA_FILE and friends), one QoS 1 message a reading on "
+            "its device's topic under ENERGY_MQTT_TOPIC_PREFIX (energy); assignments still go "
+            "to --url.",
         ),
     ] = None,
     out: Annotated[
@@ -449,7 +450,7 @@ def simulate(
         batch_size=batch_size,
         concurrency=concurrency,
         out=None if out is None else Path(out),
-        mqtt=None if mqtt is None else (mqtt, _settings().mqtt_topic_prefix),
+        mqtt=None if mqtt is None else (mqtt, _settings()),
     )
     if stats.first_error:
         raise typer.Exit(1)

@@ -294,7 +294,8 @@ async def test_the_simulator_publishes_its_readings_over_mqtt(
 ) -> None:
     start = floor_minute(datetime.now(UTC)) - timedelta(minutes=9)
     fleet = Fleet(FleetConfig(meters=3, vehicles=3, seed=1), start)
-    async with app_client(engine) as http, publisher(broker_url, prefix) as readings:
+    settings = Settings(_env_file=None, mqtt_topic_prefix=prefix)
+    async with app_client(engine) as http, publisher(broker_url, settings) as readings:
         stats = await simulate(
             http, fleet, end=start + timedelta(minutes=9), send_readings=readings.send
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ import orjson
 from paho.mqtt.client import Client, MQTTMessageInfo
 
 from energy_engine.mqtt.client import Broker, new_client
+from energy_engine.settings import Settings
 from energy_engine.simulate.fleet import Reading
 from energy_engine.simulate.send import GaveUp
 from energy_engine.simulate.stats import Stats
@@ -51,11 +53,12 @@ class MqttReadings:
 
 
 def _wait(sent: list[MQTTMessageInfo]) -> int:
-    """How many of `sent` the broker acknowledged (waiting at most ACK_TIMEOUT_S)."""
+    """How many of `sent` the broker acknowledged within ACK_TIMEOUT_S."""
+    deadline = time.monotonic() + ACK_TIMEOUT_S
     done = 0
     for info in sent:
         try:
-            info.wait_for_publish(ACK_TIMEOUT_S)
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         except (RuntimeError, ValueError):  # lost connection, or refused by the client
             continue
         done += info.is_published()
@@ -63,10 +66,17 @@ def _wait(sent: list[MQTTMessageInfo]) -> int:
 
 
 @asynccontextmanager
-async def publisher(url: str, prefix: str) -> AsyncIterator[MqttReadings]:
-    """A connected publisher for the broker at `url` (mqtt:// or mqtts://)."""
+async def publisher(url: str, settings: Settings) -> AsyncIterator[MqttReadings]:
+    """A connected publisher for the broker at `url` (mqtt:// or mqtts://), with the topic
+    prefix and TLS files of `settings`."""
     broker = Broker.from_url(url)
-    client = new_client(broker, f"energy-simulate-{os.getpid()}")
+    client = new_client(
+        broker,
+        f"energy-simulate-{os.getpid()}",
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+    )
     client.max_inflight_messages_set(IN_FLIGHT)
     try:
         await asyncio.to_thread(client.connect, broker.host, broker.port)
@@ -74,7 +84,7 @@ async def publisher(url: str, prefix: str) -> AsyncIterator[MqttReadings]:
         raise GaveUp(f"cannot reach the MQTT broker {broker}: {exc!r}") from None
     client.loop_start()
     try:
-        yield MqttReadings(client, prefix)
+        yield MqttReadings(client, settings.mqtt_topic_prefix)
     finally:
         client.disconnect()
         await asyncio.to_thread(client.loop_stop)

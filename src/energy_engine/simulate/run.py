@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.text import Text
 
 from energy_engine.auth import keyfile
+from energy_engine.settings import Settings
 from energy_engine.simulate.files import assignments_path, write_files
 from energy_engine.simulate.fleet import MINUTE, Fleet, FleetConfig, floor_minute
 from energy_engine.simulate.publish import publisher
@@ -90,7 +91,7 @@ async def _send(
     api_key: str | None,
     fleet: Fleet,
     concurrency: int,
-    mqtt: tuple[str, str] | None,
+    mqtt: tuple[str, Settings] | None,
     **options: Any,
 ) -> None:
     """Send until done, Ctrl-C or SIGTERM (both stop the run as asyncio stops it on Ctrl-C:
@@ -136,10 +137,11 @@ def run(
     concurrency: int = 4,
     out: Path | None = None,
     console: Console | None = None,
-    mqtt: tuple[str, str] | None = None,
+    mqtt: tuple[str, Settings] | None = None,
 ) -> Stats:
     """The `energy-engine simulate` command: send (or write) the fleet, show progress, sum up.
-    `mqtt` (broker URL, topic prefix): publish the readings there instead of POSTing them."""
+    `mqtt` (broker URL, settings with the topic prefix and TLS files): publish the readings
+    there instead of POSTing them."""
     console = console or Console(stderr=True)
     paced = rate is not None or speedup is not None
     if backfill_days is None:
