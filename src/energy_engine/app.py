@@ -28,6 +28,7 @@ from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter
 from energy_engine.lifecycle import maintenance
+from energy_engine.mqtt.subscriber import Subscriber
 from energy_engine.observability import logs, metrics
 from energy_engine.observability.requests import RequestLog
 from energy_engine.rollups import store as rollups
@@ -106,7 +107,16 @@ def create_app(settings: Settings) -> FastAPI:
                 if metrics.MULTIPROCESS:  # another process may answer the scrape
                     sampler = metrics.sample_forever(app.state.pools, lambda: writer.queued)
                     background.append(asyncio.create_task(sampler))
-                yield
+                subscriber: Subscriber | None = None
+                if settings.mqtt_url is not None:
+                    subscriber = Subscriber(settings, writer)
+                    subscriber.start()  # connects in the background, retrying with backoff
+                app.state.mqtt = subscriber
+                try:
+                    yield
+                finally:  # paho's thread must not outlive the app, however it ends
+                    if subscriber is not None:  # its messages in flight go through the writer
+                        await subscriber.close()
                 await writer.close()  # commit everything queued before the pools go
                 for task in background:
                     task.cancel()

@@ -30,6 +30,7 @@ from energy_engine.auth import keys as api_keys
 from energy_engine.auth import store as key_store
 from energy_engine.bounds import duration_text
 from energy_engine.lifecycle import maintenance
+from energy_engine.mqtt.client import Broker
 from energy_engine.observability import logs, metrics
 from energy_engine.settings import Settings
 
@@ -85,6 +86,15 @@ def _http_url(url: str) -> str:
     return url
 
 
+def _mqtt_url(url: str | None) -> str | None:
+    if url is not None:
+        try:
+            Broker.from_url(url)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return url
+
+
 @cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -126,6 +136,14 @@ def serve(
         typer.echo(
             f"error: ENERGY_AUTH=off serves every route without a key; it may only listen on "
             f"loopback (127.0.0.1, ::1, localhost), not {host}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if settings.mqtt_client_id is not None and workers > 1:
+        # Two connections with one client id take the broker session from each other.
+        typer.echo(
+            "error: ENERGY_MQTT_CLIENT_ID names one MQTT session, and every worker would "
+            "connect with it; run one process per client id (--workers 1), or leave it unset",
             err=True,
         )
         raise typer.Exit(2)
@@ -384,6 +402,17 @@ def simulate(
     ] = 0.05,
     batch_size: Annotated[int, typer.Option(min=1, max=10_000, help="Readings a request.")] = 1000,
     concurrency: Annotated[int, typer.Option(min=1, max=1000, help="Requests in flight.")] = 4,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            callback=_mqtt_url,
+            help="Publish the readings to this MQTT broker (mqtt://user:password@host:port or "
+            "mqtts://, with ENERGY_MQTT_CA_FILE and friends), one QoS 1 message a reading on "
+            "its device's topic under ENERGY_MQTT_TOPIC_PREFIX (energy); assignments still go "
+            "to --url.",
+        ),
+    ] = None,
     out: Annotated[
         str | None,
         typer.Option(
@@ -408,6 +437,8 @@ def simulate(
         raise typer.BadParameter("give --rate or --speedup, not both")
     if out is not None and (backfill is None or rate is not None or speedup is not None):
         raise typer.BadParameter("--out writes a --backfill; it takes no --rate or --speedup")
+    if out is not None and mqtt is not None:
+        raise typer.BadParameter("--out writes files; it takes no --mqtt")
     config = FleetConfig(meters=meters, vehicles=vehicles, seed=seed, faulty_share=faulty_share)
     stats = run_simulation(
         config,
@@ -419,6 +450,7 @@ def simulate(
         batch_size=batch_size,
         concurrency=concurrency,
         out=None if out is None else Path(out),
+        mqtt=None if mqtt is None else (mqtt, _settings()),
     )
     if stats.first_error:
         raise typer.Exit(1)

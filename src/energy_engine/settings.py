@@ -7,6 +7,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -213,6 +214,42 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: LogFormat = LogFormat.JSON
     request_log: bool = True
+
+    # MQTT ingestion (mqtt/, docs/mqtt.md). None: off. `mqtt://user:password@host:port`, or
+    # `mqtts://` for TLS (the CA and client certificate files below, else the system's CAs).
+    mqtt_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MQTT_URL", "ENERGY_MQTT_URL")
+    )
+    # Topics: {prefix}/meters/{meterId}, {prefix}/vehicles/{vehicleId}; errors go to
+    # {prefix}/errors/{meters|vehicles}/{id}. Every engine process joins one MQTT v5 shared
+    # subscription of this group, so the broker hands each message to one of them.
+    mqtt_topic_prefix: str = Field(default="energy", pattern=r"^[^#+]+$")
+    mqtt_shared_group: str = Field(default="energy-engine", pattern=r"^[^/#+]+$")
+    # With a client id set, the broker keeps this process's session (its unacknowledged and
+    # queued messages) for mqtt_session_expiry after the connection drops and hands them back
+    # when the same id connects again: give each engine process a stable id of its own (one
+    # process per id). None: energy-engine-{host}-{pid} with no session kept (a crash loses
+    # the messages in flight to the process; see docs/mqtt.md).
+    mqtt_client_id: str | None = None
+    mqtt_session_expiry: timedelta = Field(default=timedelta(minutes=5), ge=timedelta(0))
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_keepalive: timedelta = Field(default=timedelta(seconds=60), ge=timedelta(seconds=5))
+    # Messages the broker may have in flight to this process unacknowledged (MQTT v5 Receive
+    # Maximum): they are validated and committed concurrently, sharing group commits.
+    mqtt_max_inflight: int = Field(default=1000, ge=1, le=65535)
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str | None) -> str | None:
+        if not value:  # MQTT_URL= (empty) is off too
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("give an mqtt:// or mqtts:// URL with a host")
+        parts.port  # noqa: B018  # raises on a port out of range or not a number
+        return value
 
     @field_validator("pack_after", mode="before")
     @classmethod

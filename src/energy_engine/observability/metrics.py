@@ -57,7 +57,7 @@ SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20
 
 READINGS = Counter(
     "energy_readings",
-    "Readings ingested, by transport (http, import), stream (meter, vehicle; unknown for "
+    "Readings ingested, by transport (http, mqtt, import), stream (meter, vehicle; unknown for "
     "a rejected mixed body) and outcome: accepted (stored now), duplicate (stored before), "
     "rejected (refused as invalid: each item a 4xx names, or 1 for a body refused whole).",
     ["transport", "stream", "outcome"],
@@ -114,6 +114,15 @@ RETENTION_LAST_RUN = Gauge(
     multiprocess_mode="max",
 )
 
+MQTT_MESSAGES = Counter(
+    "energy_mqtt_messages",
+    "MQTT messages taken by the subscriber, by outcome: accepted (committed, then "
+    "acknowledged), rejected (invalid: reported on the error topic and acknowledged), "
+    "redelivered (received again after an earlier delivery went unacknowledged; also "
+    "counted as accepted or rejected).",
+    ["outcome"],
+)
+
 
 @functools.cache
 def _readings(transport: str, stream: str, outcome: str) -> Any:
@@ -135,6 +144,11 @@ def count_stored(transport: str, stream: str, readings: int, accepted: int) -> N
 def count_rejected(transport: str, stream: str, readings: int) -> None:
     """`readings` refused as invalid."""
     _readings(transport, stream, "rejected").inc(readings)
+
+
+def count_mqtt(outcome: str) -> None:
+    """One MQTT message accepted, rejected or redelivered."""
+    MQTT_MESSAGES.labels(outcome).inc()
 
 
 def observe_batch(transport: str, readings: int) -> None:

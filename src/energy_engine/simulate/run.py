@@ -19,8 +19,10 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.text import Text
 
 from energy_engine.auth import keyfile
+from energy_engine.settings import Settings
 from energy_engine.simulate.files import assignments_path, write_files
 from energy_engine.simulate.fleet import MINUTE, Fleet, FleetConfig, floor_minute
+from energy_engine.simulate.publish import publisher
 from energy_engine.simulate.send import GaveUp, simulate
 from energy_engine.simulate.stats import Observer, Stats
 
@@ -85,7 +87,12 @@ async def _ready(client: httpx.AsyncClient) -> None:
 
 
 async def _send(
-    url: str, api_key: str | None, fleet: Fleet, concurrency: int, **options: Any
+    url: str,
+    api_key: str | None,
+    fleet: Fleet,
+    concurrency: int,
+    mqtt: tuple[str, Settings] | None,
+    **options: Any,
 ) -> None:
     """Send until done, Ctrl-C or SIGTERM (both stop the run as asyncio stops it on Ctrl-C:
     by cancelling it; the totals so far still get printed)."""
@@ -106,7 +113,13 @@ async def _send(
             base_url=url, timeout=timeout, limits=limits, headers=keyfile.headers(api_key)
         ) as client:
             await _ready(client)
-            await simulate(client, fleet, concurrency=concurrency, **options)
+            if mqtt is None:
+                await simulate(client, fleet, concurrency=concurrency, **options)
+                return
+            async with publisher(*mqtt) as readings:
+                await simulate(
+                    client, fleet, concurrency=concurrency, send_readings=readings.send, **options
+                )
     except asyncio.CancelledError:
         if not terminated:
             raise
@@ -124,8 +137,11 @@ def run(
     concurrency: int = 4,
     out: Path | None = None,
     console: Console | None = None,
+    mqtt: tuple[str, Settings] | None = None,
 ) -> Stats:
-    """The `energy-engine simulate` command: send (or write) the fleet, show progress, sum up."""
+    """The `energy-engine simulate` command: send (or write) the fleet, show progress, sum up.
+    `mqtt` (broker URL, settings with the topic prefix and TLS files): publish the readings
+    there instead of POSTing them."""
     console = console or Console(stderr=True)
     paced = rate is not None or speedup is not None
     if backfill_days is None:
@@ -155,7 +171,16 @@ def run(
             options = {"end": end, "speedup": speedup, "batch_size": batch_size}
             try:
                 asyncio.run(
-                    _send(url, api_key, fleet, concurrency, stats=stats, observe=observe, **options)
+                    _send(
+                        url,
+                        api_key,
+                        fleet,
+                        concurrency,
+                        mqtt,
+                        stats=stats,
+                        observe=observe,
+                        **options,
+                    )
                 )
             except KeyboardInterrupt:
                 pass  # live runs end with Ctrl-C; the totals still get printed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +21,8 @@ from energy_engine.simulate.fleet import MINUTE, Fleet, Plug, Reading
 from energy_engine.simulate.stats import Observer, Stats
 
 JSON = {"content-type": "application/json"}
+# Sends one batch of readings and counts the outcome in the stats.
+SendReadings = Callable[[list[Reading], Stats], Awaitable[None]]
 OVERLOAD_ATTEMPTS = 60  # a 503 asks for 1 s: a minute of overload is worth waiting out
 TRANSPORT_ATTEMPTS = 5
 
@@ -142,15 +144,22 @@ async def simulate(
     concurrency: int = 4,
     stats: Stats | None = None,
     observe: Observer | None = None,
+    send_readings: SendReadings | None = None,
 ) -> Stats:
-    """Step `fleet` through `end` (forever when None) at `speedup`, posting as it goes."""
+    """Step `fleet` through `end` (forever when None) at `speedup`, posting as it goes;
+    `send_readings` sends the readings another way than POST /v1/ingest (e.g. MQTT)."""
     stats = stats if stats is not None else Stats()
+
+    async def post(batch: list[Reading], stats: Stats) -> None:
+        await post_readings(client, batch, stats)
+
+    send = send_readings or post
     batches: asyncio.Queue[list[Reading] | None] = asyncio.Queue(maxsize=2 * concurrency)
     plugs: asyncio.Queue[Plug | None] = asyncio.Queue()
 
     async def send_batches() -> None:
         while (batch := await batches.get()) is not None:
-            await post_readings(client, batch, stats)
+            await send(batch, stats)
             if observe:
                 observe(stats)
 
