@@ -1,0 +1,206 @@
+"""`energy-engine worker`: readings from the JetStream stream into PostgreSQL.
+
+Each loop fetches a batch from the shared durable consumer, writes it with the ingest write
+path (`ingest.store.write_readings`: one transaction) and acknowledges every message after the
+commit. A worker that dies before acknowledging leaves its batch to be delivered again after
+`queue_ack_wait`; one that dies after the commit but before the acknowledgements has its batch
+written again, and the inserts, idempotent on (device, timestamp), store nothing twice. When
+the database fails, the batch is handed back with a delay (nak) and the loop waits: nothing is
+lost, the backlog waits in the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from energy_engine import db
+from energy_engine.errors import outage
+from energy_engine.ingest.models import MeterReading, VehicleReading
+from energy_engine.ingest.store import write_readings
+from energy_engine.observability import metrics
+from energy_engine.queue import stream
+from energy_engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FETCH_WAIT_S = 1.0  # how long a fetch waits for readings before the loop looks round
+MAX_BACKOFF_S = 5.0  # the longest pause (and redelivery delay) after a failed write
+
+
+@dataclass(slots=True)
+class Batch:
+    """Fetched messages decoded: the readings of each stream and transport."""
+
+    meters: list[MeterReading] = field(default_factory=list)
+    vehicles: list[VehicleReading] = field(default_factory=list)
+    # (transport, stream) -> [readings, positions (1-based) in meters / vehicles]
+    origins: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    transports: list[str] = field(default_factory=list)  # per meter, then per vehicle
+
+
+def _meter(data: dict[str, Any]) -> MeterReading:
+    # Validated by the API before it was published; building without validating again also
+    # keeps a reading that waited in the stream longer than max_reading_age.
+    return MeterReading.model_construct(
+        meter_id=data["meterId"],
+        kwh_consumed_ac=data["kwhConsumedAc"],
+        voltage=data["voltage"],
+        timestamp=datetime.fromisoformat(data["timestamp"]),
+    )
+
+
+def _vehicle(data: dict[str, Any]) -> VehicleReading:
+    return VehicleReading.model_construct(
+        vehicle_id=data["vehicleId"],
+        soc=data["soc"],
+        kwh_delivered_dc=data["kwhDeliveredDc"],
+        battery_temp=data["batteryTemp"],
+        timestamp=datetime.fromisoformat(data["timestamp"]),
+    )
+
+
+def decode(messages: Sequence[Msg], prefix: str) -> tuple[Batch, list[Msg], list[Msg]]:
+    """The batch of readings, the messages it holds and those that hold no reading."""
+    batch = Batch()
+    good: list[Msg] = []
+    bad: list[Msg] = []
+    meter_transports: list[str] = []
+    vehicle_transports: list[str] = []
+    for msg in messages:
+        transport, _, kind = msg.subject.removeprefix(prefix + ".").rpartition(".")
+        try:
+            data = orjson.loads(msg.data)
+            if kind == "meter":
+                batch.meters.append(_meter(data))
+                meter_transports.append(transport)
+            elif kind == "vehicle":
+                batch.vehicles.append(_vehicle(data))
+                vehicle_transports.append(transport)
+            else:
+                raise ValueError(f"unknown stream {kind!r}")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("dropping a message on %s that holds no reading: %s", msg.subject, exc)
+            bad.append(msg)
+            continue
+        good.append(msg)
+    batch.transports = meter_transports + vehicle_transports
+    return batch, good, bad
+
+
+def _count(batch: Batch, new_meters: list[int], new_vehicles: list[int]) -> None:
+    """The metrics of a committed batch, per transport and stream."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    new = set(new_meters)
+    for position, transport in enumerate(batch.transports[: len(batch.meters)], start=1):
+        count = counts.setdefault((transport, "meter"), [0, 0])
+        count[0] += 1
+        count[1] += position in new
+    new = set(new_vehicles)
+    for position, transport in enumerate(batch.transports[len(batch.meters) :], start=1):
+        count = counts.setdefault((transport, "vehicle"), [0, 0])
+        count[0] += 1
+        count[1] += position in new
+    for (transport, kind), (readings, accepted) in counts.items():
+        metrics.count_stored(transport, kind, readings, accepted)
+
+
+class Worker:
+    """Writes the stream's readings to PostgreSQL with `loops` fetch-write-ack loops."""
+
+    def __init__(self, js: JetStreamContext, pool: db.Pool, settings: Settings) -> None:
+        self._js = js
+        self._pool = pool
+        self._settings = settings
+        self.written = 0  # messages committed and acknowledged, for tests and logs
+
+    async def run(self, loops: int) -> None:
+        """Run until cancelled."""
+        await asyncio.gather(*(self._loop() for _ in range(loops)))
+
+    async def _loop(self) -> None:
+        settings = self._settings
+        sub = await self._js.pull_subscribe_bind(settings.queue_consumer, settings.queue_stream)
+        failures = 0
+        while True:
+            try:
+                messages = await sub.fetch(settings.queue_batch, timeout=FETCH_WAIT_S)
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error as exc:  # reconnecting, or a leader being elected
+                log.warning("fetch failed: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(min(MAX_BACKOFF_S, 0.5))
+                continue
+            if await self._write(messages):
+                failures = 0
+                continue
+            failures += 1
+            await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2**failures))
+
+    async def _write(self, messages: list[Msg]) -> bool:
+        """Commit and acknowledge one fetched batch; False when it was handed back."""
+        batch, good, bad = decode(messages, self._settings.queue_subject_prefix)
+        for msg in bad:  # never deliverable: kept out of the way of the others
+            await msg.term()
+        if not good:
+            return True
+        started = time.perf_counter()
+        try:
+            async with self._pool.acquire() as conn:
+                new_meters, new_vehicles = await write_readings(conn, batch.meters, batch.vehicles)
+        except Exception as exc:  # handed back for later; the stream keeps them meanwhile
+            found = outage(exc)
+            if found is None:
+                log.exception("writing %d queued readings failed", len(good))
+            else:
+                log.warning("writing queued readings: database unavailable: %s", found.reason)
+            for msg in good:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=MAX_BACKOFF_S)
+            return False
+        metrics.observe_commit(len(good), time.perf_counter() - started)
+        for msg in good:
+            # Lost acknowledgements (a broken connection) mean a redelivery, and the inserts
+            # store nothing twice.
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
+        _count(batch, new_meters, new_vehicles)
+        self.written += len(good)
+        return True
+
+
+async def run(settings: Settings, url: str, ready: asyncio.Event | None = None) -> None:
+    """Connect to NATS and PostgreSQL and write the stream's readings until cancelled."""
+    nc = await stream.connect(settings, "energy-engine-worker")
+    pool: db.Pool | None = None
+    try:
+        js = stream.jetstream(nc, settings)
+        await stream.ensure_stream(js, settings)
+        pool = await db.create_writer_pool(url, settings)
+        worker = Worker(js, pool, settings)
+        log.info(
+            "worker writing stream %s (consumer %s) with %d connections",
+            settings.queue_stream,
+            settings.queue_consumer,
+            settings.writer_connections,
+        )
+        if ready is not None:
+            ready.set()
+        await worker.run(settings.writer_connections)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.flush(timeout=2)  # the last acknowledgements
+        await nc.close()
+        if pool is not None:
+            await pool.close()
