@@ -7,8 +7,8 @@ Each message carries `Nats-Msg-Id: stream:device:timestamp`: a reading sent twic
 stream's duplicate window is stored once there, and PostgreSQL's inserts are idempotent on
 (device, timestamp) beyond it.
 
-The messages of a request are published without waiting for each acknowledgement (one round
-trip for the whole batch). Those that fail for a reason that passes (the connection lost and
+The messages of a request are published without waiting for each other's acknowledgement (one
+round trip for the whole batch). Those that fail for a reason that passes (the connection lost and
 being re-established, a stream leader being elected, no answer in time) are published again
 until `queue_publish_timeout` has passed; the message id makes a retry of one that was in fact
 stored harmless. A stream at its limits refuses at once: the client is told to retry later.
@@ -25,12 +25,12 @@ from datetime import UTC
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import APIError
 
 from energy_engine.ingest.models import MeterReading, Queued, VehicleReading
 from energy_engine.ingest.writer import Overloaded
 from energy_engine.observability import metrics
+from energy_engine.queue import stream
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,47 +120,31 @@ class Publisher:
         self, messages: list[tuple[str, str, bytes]], wait_s: float
     ) -> tuple[list[tuple[str, str, bytes]], BaseException | None]:
         """Publish `messages` at once; those to publish again, and the last error."""
-        futures: list[asyncio.Future[PubAck] | None] = []
-        last: BaseException | None = None
-        try:
-            for topic, msg_id, payload in messages:
-                futures.append(
-                    await self._js.publish_async(
-                        topic, payload, wait_stall=wait_s, headers={MSG_ID: msg_id}
-                    )
-                )
-        except (nats.errors.Error, OSError) as exc:  # disconnected: the rest are retried
-            last = exc
-        pending = [f for f in futures if f is not None]
-        if pending:
-            await asyncio.wait(pending, timeout=wait_s)
+        # Concurrent `publish` calls (each a request awaiting its acknowledgement) rather than
+        # nats-py's `publish_async`: its reply handler raises a refusal (a full stream) inside
+        # the subscription callback instead of failing the future, which then never resolves.
+        answers = await asyncio.gather(
+            *(
+                self._js.publish(topic, payload, timeout=wait_s, headers={MSG_ID: msg_id})
+                for topic, msg_id, payload in messages
+            ),
+            return_exceptions=True,
+        )
         failed = []
-        for message, future in zip(
-            messages, futures + [None] * (len(messages) - len(futures)), strict=True
-        ):
-            if future is None:
-                failed.append(message)
+        last: BaseException | None = None
+        for message, answer in zip(messages, answers, strict=True):
+            if not isinstance(answer, BaseException):
                 continue
-            if not future.done() or future.cancelled():
-                future.cancel()  # releases its place among the pending publishes
-                failed.append(message)
-                last = last or TimeoutError("no acknowledgement in time")
-                continue
-            error = future.exception()
-            if error is None:
-                continue
-            if isinstance(error, APIError) and error.err_code in STORE_REFUSED:
+            if isinstance(answer, APIError) and answer.err_code in STORE_REFUSED:
                 raise QueueFull(
-                    f"the queue is full ({error.description}); retry shortly", self._retry_after
+                    f"the queue is full ({answer.description}); retry shortly", self._retry_after
                 )
-            last = error
+            if not isinstance(answer, nats.errors.Error | OSError | TimeoutError):
+                raise answer  # a bug, not an outage
+            last = answer
             failed.append(message)
         return failed, last
 
     async def close(self) -> None:
-        """Wait for publishes in flight, then close the connection."""
-        try:
-            await asyncio.wait_for(self._js.publish_async_completed(), timeout=5)
-        except TimeoutError:
-            log.warning("closing NATS with publishes unacknowledged")
-        await self._nc.close()
+        """Close the connection (every request has been answered by now)."""
+        await stream.close(self._nc)

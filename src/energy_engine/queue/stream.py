@@ -9,10 +9,11 @@ one of them and delivers it again when its `ack_wait` passes without an acknowle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
-import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -26,13 +27,10 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError
 
+import nats
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Publishes waiting for their acknowledgement per process: ten 1,000-reading batches at once
-# before a request waits for room (nats-py's default is 4,000).
-MAX_PENDING_PUBLISHES = 10_000
 
 
 async def connect(settings: Settings, name: str) -> Client:
@@ -45,7 +43,9 @@ async def connect(settings: Settings, name: str) -> Client:
         log.info("NATS reconnected")
 
     async def error(exc: Exception) -> None:
-        log.warning("NATS: %s: %s", type(exc).__name__, exc)
+        # A refused reconnection is retried every half second: one line per attempt at most.
+        level = logging.INFO if isinstance(exc, OSError) else logging.WARNING
+        log.log(level, "NATS: %s: %s", type(exc).__name__, exc)
 
     return await nats.connect(
         servers=settings.nats_url,
@@ -60,12 +60,18 @@ async def connect(settings: Settings, name: str) -> Client:
     )
 
 
+async def close(nc: Client) -> None:
+    """Send what is buffered (acknowledgements) and close; a server gone meanwhile is no
+    error at this point."""
+    with contextlib.suppress(OSError, nats.errors.Error):
+        await nc.flush(timeout=2)
+    with contextlib.suppress(OSError, nats.errors.Error):
+        await nc.close()
+
+
 def jetstream(nc: Client, settings: Settings) -> JetStreamContext:
     """The JetStream context for publishing and for the stream's administration."""
-    return nc.jetstream(
-        timeout=settings.queue_publish_timeout.total_seconds(),
-        publish_async_max_pending=MAX_PENDING_PUBLISHES,
-    )
+    return nc.jetstream(timeout=settings.queue_publish_timeout.total_seconds())
 
 
 def stream_config(settings: Settings) -> StreamConfig:

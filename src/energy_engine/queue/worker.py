@@ -199,8 +199,6 @@ async def run(settings: Settings, url: str, ready: asyncio.Event | None = None) 
             ready.set()
         await worker.run(settings.writer_connections)
     finally:
-        with contextlib.suppress(Exception):
-            await nc.flush(timeout=2)  # the last acknowledgements
-        await nc.close()
+        await stream.close(nc)
         if pool is not None:
             await pool.close()
