@@ -203,7 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
         """PostgreSQL answers and every migration is applied. `rollupQuarantinedHours`: the
         device-hours the rollup refresher could not aggregate (read from raw rows instead,
         still exact; see rollups.store); not a reason to take the engine out of service.
-        Queue mode: JetStream answers (`queueLag`: readings not yet committed by the workers);
+        Queue mode: JetStream answers (`queueLag`: messages not yet committed by the workers);
         PostgreSQL unreachable is then reported (`database`) but not a reason either, since
         ingest goes on into the queue."""
         if app.state.jetstream is not None:
@@ -301,7 +301,7 @@ async def _queue_ready(js: JetStreamContext, pool: db.Pool, settings: Settings) 
         "ok",
         database=database,
         queueLag={
-            "readings": lag.total,
+            "messages": lag.total,
             "pending": lag.pending,
             "unacknowledged": lag.unacknowledged,
         },

@@ -143,9 +143,10 @@ class Settings(BaseSettings):
     # How long ingest waits for JetStream to store a request's readings, retrying through a
     # reconnect or a leader election, before answering 503.
     queue_publish_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
-    # Worker: readings per fetch and commit, and how long a fetched reading may stay
+    # Worker: messages per fetch (a message holds one reading or up to 1,000 of a request;
+    # a commit takes up to max_flush_readings), and how long a fetched message may stay
     # unacknowledged before JetStream delivers it again (a worker that died).
-    queue_batch: PositiveInt = 5000
+    queue_batch: PositiveInt = 500
     queue_ack_wait: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
 
     # Energy semantics and plausibility.

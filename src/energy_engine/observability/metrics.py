@@ -231,12 +231,13 @@ async def _from_database(pool: Pool) -> list[Metric]:
 
 
 def queue_lag_family(pending: int, unacknowledged: int) -> Metric:
-    """Queue mode: the readings in the stream that no worker has committed yet."""
+    """Queue mode: the messages in the stream that no worker has committed yet."""
     family = GaugeMetricFamily(
-        "energy_queue_lag_readings",
-        "Queue mode: readings in the JetStream stream not yet committed to PostgreSQL, by "
-        "state: pending (not yet fetched by a worker) and unacknowledged (fetched, not yet "
-        "committed; delivered again after ENERGY_QUEUE_ACK_WAIT).",
+        "energy_queue_lag_messages",
+        "Queue mode: messages in the JetStream stream not yet committed to PostgreSQL (each "
+        "one reading or up to 1,000 of one request), by state: pending (not yet fetched by a "
+        "worker) and unacknowledged (fetched, not yet committed; delivered again after "
+        "ENERGY_QUEUE_ACK_WAIT).",
         labels=["state"],
     )
     family.add_metric(["pending"], pending)

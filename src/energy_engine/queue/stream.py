@@ -98,7 +98,7 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         ack_wait=settings.queue_ack_wait.total_seconds(),
         max_deliver=-1,
         # Fetched and unacknowledged at once over every worker: a few batches each.
-        max_ack_pending=max(20_000, 8 * settings.queue_batch),
+        max_ack_pending=max(10_000, 8 * settings.queue_batch),
     )
 
 
@@ -119,15 +119,15 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Lag:
-    """Readings in the stream the workers have not committed: not yet fetched, and fetched
-    but not yet acknowledged."""
+    """Messages in the stream the workers have not committed (each one reading or up to
+    1,000 of one request): not yet fetched, and fetched but not yet acknowledged."""
 
     pending: int
     unacknowledged: int
 
     @property
     def total(self) -> int:
-        """All readings not yet in PostgreSQL."""
+        """All messages not yet in PostgreSQL."""
         return self.pending + self.unacknowledged
 
 

@@ -36,6 +36,7 @@ from energy_engine.settings import Settings
 log = logging.getLogger(__name__)
 
 FETCH_WAIT_S = 1.0  # how long a fetch waits for readings before the loop looks round
+MORE_WAIT_S = 0.01  # how long a fetch topping up a batch waits: only what is there
 MAX_BACKOFF_S = 5.0  # the longest pause (and redelivery delay) after a failed write
 
 
@@ -50,53 +51,61 @@ class Batch:
     transports: list[str] = field(default_factory=list)  # per meter, then per vehicle
 
 
-def _meter(data: dict[str, Any]) -> MeterReading:
+def _meters(rows: list[list[Any]]) -> list[MeterReading]:
     # Validated by the API before it was published; building without validating again also
     # keeps a reading that waited in the stream longer than max_reading_age.
-    return MeterReading.model_construct(
-        meter_id=data["meterId"],
-        kwh_consumed_ac=data["kwhConsumedAc"],
-        voltage=data["voltage"],
-        timestamp=datetime.fromisoformat(data["timestamp"]),
-    )
+    return [
+        MeterReading.model_construct(
+            meter_id=device,
+            timestamp=datetime.fromisoformat(at),
+            kwh_consumed_ac=kwh,
+            voltage=voltage,
+        )
+        for device, at, kwh, voltage in rows
+    ]
 
 
-def _vehicle(data: dict[str, Any]) -> VehicleReading:
-    return VehicleReading.model_construct(
-        vehicle_id=data["vehicleId"],
-        soc=data["soc"],
-        kwh_delivered_dc=data["kwhDeliveredDc"],
-        battery_temp=data["batteryTemp"],
-        timestamp=datetime.fromisoformat(data["timestamp"]),
-    )
+def _vehicles(rows: list[list[Any]]) -> list[VehicleReading]:
+    return [
+        VehicleReading.model_construct(
+            vehicle_id=device,
+            timestamp=datetime.fromisoformat(at),
+            soc=soc,
+            kwh_delivered_dc=kwh,
+            battery_temp=temp,
+        )
+        for device, at, soc, kwh, temp in rows
+    ]
 
 
 def decode(messages: Sequence[Msg], prefix: str) -> tuple[Batch, list[Msg], list[Msg]]:
-    """The batch of readings, the messages it holds and those that hold no reading."""
+    """The batch of readings, the messages it holds and those that hold no readings."""
     batch = Batch()
     good: list[Msg] = []
     bad: list[Msg] = []
     meter_transports: list[str] = []
     vehicle_transports: list[str] = []
     for msg in messages:
-        transport, _, kind = msg.subject.removeprefix(prefix + ".").rpartition(".")
+        transport = msg.subject.removeprefix(prefix + ".")
         try:
             data = orjson.loads(msg.data)
-            if kind == "meter":
-                batch.meters.append(_meter(data))
-                meter_transports.append(transport)
-            elif kind == "vehicle":
-                batch.vehicles.append(_vehicle(data))
-                vehicle_transports.append(transport)
-            else:
-                raise ValueError(f"unknown stream {kind!r}")
+            meters, vehicles = _meters(data["meters"]), _vehicles(data["vehicles"])
         except (ValueError, KeyError, TypeError) as exc:
-            log.error("dropping a message on %s that holds no reading: %s", msg.subject, exc)
+            log.error("dropping a message on %s that holds no readings: %s", msg.subject, exc)
             bad.append(msg)
             continue
+        batch.meters += meters
+        batch.vehicles += vehicles
+        meter_transports += [transport] * len(meters)
+        vehicle_transports += [transport] * len(vehicles)
         good.append(msg)
     batch.transports = meter_transports + vehicle_transports
     return batch, good, bad
+
+
+def _readings_in(msg: Msg) -> int:
+    """Readings a message holds, from its size (about 80 bytes each), for sizing fetches."""
+    return max(1, len(msg.data) // 80)
 
 
 def _count(batch: Batch, new_meters: list[int], new_vehicles: list[int]) -> None:
@@ -135,18 +144,40 @@ class Worker:
         failures = 0
         while True:
             try:
-                messages = await sub.fetch(settings.queue_batch, timeout=FETCH_WAIT_S)
-            except nats.errors.TimeoutError:
-                continue
+                messages = await self._fetch(sub)
             except nats.errors.Error as exc:  # reconnecting, or a leader being elected
                 log.warning("fetch failed: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(min(MAX_BACKOFF_S, 0.5))
+                await asyncio.sleep(0.5)
+                continue
+            if not messages:
                 continue
             if await self._write(messages):
                 failures = 0
                 continue
             failures += 1
             await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2**failures))
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Messages for one commit: what is there, up to about max_flush_readings readings
+        (messages hold one reading or a whole request's)."""
+        settings = self._settings
+        try:
+            messages = await sub.fetch(settings.queue_batch, timeout=FETCH_WAIT_S)
+        except nats.errors.TimeoutError:
+            return []
+        readings = sum(_readings_in(m) for m in messages)
+        asked = settings.queue_batch
+        while len(messages) == asked and readings < settings.max_flush_readings:
+            per_message = readings / len(messages)
+            left = settings.max_flush_readings - readings
+            asked = max(1, min(settings.queue_batch, int(left / per_message)))
+            try:
+                more = await sub.fetch(asked, timeout=MORE_WAIT_S)
+            except nats.errors.TimeoutError:
+                break
+            messages += more
+            readings += sum(_readings_in(m) for m in more)
+        return messages
 
     async def _write(self, messages: list[Msg]) -> bool:
         """Commit and acknowledge one fetched batch; False when it was handed back."""
