@@ -179,12 +179,13 @@ async def test_readings_go_through_the_queue_into_postgresql_once(
         assert one.json() == {"queued": 1}
         ready = await client.get("/health/ready")
         assert ready.status_code == 200
-        # Two messages: the batch (its retry a duplicate in the stream) and the lone reading.
-        assert ready.json()["queueLag"] == {"messages": 2, "pending": 2, "unacknowledged": 0}
+        # Three messages: the batch's meters and vehicles (its retry duplicates in the stream)
+        # and the lone reading.
+        assert ready.json()["queueLag"] == {"messages": 3, "pending": 3, "unacknowledged": 0}
         assert ready.json()["database"] == "ok"
         assert await stored(database_url) == {}  # nothing written before a worker runs
         metrics = (await client.get("/metrics")).text
-        assert 'energy_queue_lag_messages{state="pending"} 2.0' in metrics
+        assert 'energy_queue_lag_messages{state="pending"} 3.0' in metrics
         assert 'energy_readings_total{outcome="queued",stream="meter",transport="http"}' in metrics
         async with worker(settings, database_url):
             rows = await drained(database_url, set(keys))
@@ -206,11 +207,11 @@ async def test_a_full_or_unreachable_queue_answers_503_with_retry_after(
         database_url,
         tmp_path,
         [nats_server.url],
-        queue_max_messages=2,
+        queue_max_messages=4,
         queue_publish_timeout=timedelta(seconds=1),
     )
     async with running(settings) as (_, client):
-        for number in range(2):  # a message per request
+        for number in range(2):  # two messages a request: its meters, its vehicles
             readings, _ = batch("F", number, 10)
             assert (await client.post("/v1/ingest", json=readings)).status_code == 202
         more, _ = batch("F", 2, 2)

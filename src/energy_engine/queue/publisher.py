@@ -3,9 +3,9 @@
 `Publisher` takes the group-commit writer's place as `app.state.writer`, so every transport
 that submits readings (HTTP, MQTT) gets queue mode. A request is answered once JetStream has
 stored all its readings (each on the stream's replicas), so nothing acknowledged can be lost.
-A message holds a request's readings (up to READINGS_PER_MESSAGE). Its `Nats-Msg-Id` is
-`stream:device:timestamp` for a lone reading (a device's own POST), else a digest of its
-readings' keys: a request retried within the stream's duplicate window is stored once there,
+A message holds a request's readings of one stream (up to READINGS_PER_MESSAGE). Its
+`Nats-Msg-Id` is `stream:device:timestamp` for a lone reading (a device's own POST), else a
+digest of its readings: a request retried within the stream's duplicate window is stored once there,
 and PostgreSQL's inserts, idempotent on (device, timestamp), store each reading once whatever
 the stream holds.
 
@@ -64,26 +64,12 @@ def _key(reading: MeterReading | VehicleReading) -> str:
     return f"vehicle:{reading.vehicle_id}:{at}"
 
 
-def message_id(readings: Sequence[MeterReading | VehicleReading]) -> str:
-    """The message's `Nats-Msg-Id`: a lone reading's key, else a digest of its readings'
-    keys, so that a retried request (the same readings) is stored once in the stream."""
+def message_id(readings: Sequence[MeterReading | VehicleReading], body: bytes) -> str:
+    """The message's `Nats-Msg-Id`: a lone reading's key, else a digest of the message's body
+    (its readings, as validated), so that a retried request is stored once in the stream."""
     if len(readings) == 1:
         return _key(readings[0])
-    keys = "\n".join(_key(r) for r in readings).encode()
-    return "readings:" + hashlib.blake2b(keys, digest_size=16).hexdigest()
-
-
-def payload(meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]) -> bytes:
-    """Readings as compact JSON rows (`queue.worker.decode` reads them back)."""
-    return orjson.dumps(
-        {
-            "meters": [(r.meter_id, r.timestamp, r.kwh_consumed_ac, r.voltage) for r in meters],
-            "vehicles": [
-                (r.vehicle_id, r.timestamp, r.soc, r.kwh_delivered_dc, r.battery_temp)
-                for r in vehicles
-            ],
-        }
-    )
+    return "readings:" + hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 def messages(
@@ -92,15 +78,23 @@ def messages(
     meters: Sequence[MeterReading],
     vehicles: Sequence[VehicleReading],
 ) -> list[tuple[str, str, bytes]]:
-    """(subject, message id, payload) of each message holding a request's readings."""
+    """(subject, message id, body) of each message holding a request's readings: one stream
+    a message, up to READINGS_PER_MESSAGE each, as compact JSON rows (`queue.worker.decode`
+    reads them back)."""
     topic = subject(prefix, transport)
-    readings: list[MeterReading | VehicleReading] = [*meters, *vehicles]
     out = []
-    for start in range(0, len(readings), READINGS_PER_MESSAGE):
-        chunk = readings[start : start + READINGS_PER_MESSAGE]
-        chunk_meters = [r for r in chunk if isinstance(r, MeterReading)]
-        chunk_vehicles = [r for r in chunk if isinstance(r, VehicleReading)]
-        out.append((topic, message_id(chunk), payload(chunk_meters, chunk_vehicles)))
+    for start in range(0, len(meters), READINGS_PER_MESSAGE):
+        chunk_m = meters[start : start + READINGS_PER_MESSAGE]
+        rows = [(r.meter_id, r.timestamp, r.kwh_consumed_ac, r.voltage) for r in chunk_m]
+        body = orjson.dumps({"meters": rows, "vehicles": []})
+        out.append((topic, message_id(chunk_m, body), body))
+    for start in range(0, len(vehicles), READINGS_PER_MESSAGE):
+        chunk_v = vehicles[start : start + READINGS_PER_MESSAGE]
+        vehicle_rows = [
+            (r.vehicle_id, r.timestamp, r.soc, r.kwh_delivered_dc, r.battery_temp) for r in chunk_v
+        ]
+        body = orjson.dumps({"meters": [], "vehicles": vehicle_rows})
+        out.append((topic, message_id(chunk_v, body), body))
     return out
 
 

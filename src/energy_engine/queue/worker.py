@@ -31,6 +31,7 @@ from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.observability import metrics
 from energy_engine.queue import stream
+from energy_engine.queue.publisher import READINGS_PER_MESSAGE as PER_MESSAGE
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,8 @@ class Worker:
         while True:
             try:
                 messages = await self._fetch(sub)
-            except nats.errors.Error as exc:  # reconnecting, or a leader being elected
+            except (nats.errors.Error, OSError, TimeoutError) as exc:  # reconnecting, or a
+                # stream leader being elected: the connection comes back by itself
                 log.warning("fetch failed: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -161,13 +163,16 @@ class Worker:
         """Messages for one commit: what is there, up to about max_flush_readings readings
         (messages hold one reading or a whole request's)."""
         settings = self._settings
+        # The first ask assumes whole requests' messages (the most readings a message holds);
+        # a batch of lone readings is topped up below.
+        first = max(1, min(settings.queue_batch, settings.max_flush_readings // PER_MESSAGE))
         try:
-            messages = await sub.fetch(settings.queue_batch, timeout=FETCH_WAIT_S)
+            messages = await sub.fetch(first, timeout=FETCH_WAIT_S)
         except nats.errors.TimeoutError:
             return []
         readings = sum(_readings_in(m) for m in messages)
-        asked = settings.queue_batch
-        while len(messages) == asked and readings < settings.max_flush_readings:
+        asked, got = first, len(messages)
+        while got == asked and readings < settings.max_flush_readings:
             per_message = readings / len(messages)
             left = settings.max_flush_readings - readings
             asked = max(1, min(settings.queue_batch, int(left / per_message)))
@@ -175,6 +180,7 @@ class Worker:
                 more = await sub.fetch(asked, timeout=MORE_WAIT_S)
             except nats.errors.TimeoutError:
                 break
+            got = len(more)
             messages += more
             readings += sum(_readings_in(m) for m in more)
         return messages
