@@ -145,7 +145,7 @@ class Publisher:
             if not failed:
                 return
             if time.monotonic() + RETRY_PAUSE_S >= deadline:
-                log.warning("%d readings not stored by JetStream in time: %s", len(failed), last)
+                log.warning("%d messages not stored by JetStream in time: %s", len(failed), last)
                 raise Overloaded(
                     f"the queue is unavailable ({type(last).__name__ if last else 'timeout'}); "
                     "retry shortly",
