@@ -1,10 +1,11 @@
 """The dashboard in Debian's Chromium (Playwright) against a real `energy-engine serve`.
 
 Six simulated hours of a fleet (`energy-engine simulate --backfill 0.25`) for the overview,
-the table and the vehicle page; a fleet of 10,000 vehicles for the first paint. Chromium comes from Debian
-(`apt-get install -y chromium`; `.ci/run` installs it): without it these tests fail, since
-browser downloads are impossible here. ENERGY_DASHBOARD_SCREENSHOTS=DIR saves the README's
-screenshots (overview.png, vehicle.png) to DIR.
+the table and the vehicle page; a fleet of 10,000 vehicles for the first paint. Chromium
+comes from Debian (`apt-get install -y chromium`; `.ci/run` installs it): without it these
+tests fail, since browser downloads are impossible here.
+ENERGY_DASHBOARD_SCREENSHOTS=DIR saves the README's screenshots (overview.png, vehicle.png)
+to DIR.
 """
 
 from __future__ import annotations
