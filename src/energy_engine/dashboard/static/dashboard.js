@@ -288,6 +288,10 @@
     let lo = yMin ?? Math.min(...values, line ?? Infinity);
     let hi = yMax ?? Math.max(...values, line ?? -Infinity);
     if (hi === lo) { hi += 1; lo -= yMin === null ? 1 : 0; }
+    // A margin on the free ends, so no line runs along the frame.
+    const margin = (hi - lo) * 0.08;
+    if (yMin === null) lo -= margin;
+    if (yMax === null) hi += margin;
     const t0 = times[0], t1 = times[times.length - 1] + 3600e3;
     const x = (t) => PAD.l + ((t - t0) / (t1 - t0)) * (W - PAD.l - PAD.r);
     const y = (v) => PAD.t + (1 - (v - lo) / (hi - lo)) * (H - PAD.t - PAD.b);
@@ -299,12 +303,13 @@
       svg.append(label);
     }
     const span = t1 - t0;
-    for (const t of ticks(t0, t1, 4)) {
-      const label = svgEl("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": "middle" });
+    ticks(t0, t1, 4).forEach((t, i) => {
+      const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+      const label = svgEl("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": anchor });
       const d = new Date(t);
       label.textContent = span > 2 * 86400e3 ? d.toLocaleDateString("en-GB", { day: "numeric", month: "short" }) : d.toLocaleTimeString("en-GB", { hour: "2-digit", minute: "2-digit" });
       svg.append(label);
-    }
+    });
     if (line !== null) svg.append(svgEl("line", { x1: PAD.l, x2: W - PAD.r, y1: y(line), y2: y(line), class: "reference" }));
     const mid = (i) => x(times[i] + 1800e3);
     for (const s of series) {
