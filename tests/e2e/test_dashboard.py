@@ -206,12 +206,14 @@ def test_sorting_filtering_and_paging_follow_the_api(engine: str, browser: Brows
     page.click("#health-filter [data-health=anomaly]")
     expect_rows(page, ids(sort="lossKwh", order="desc", health=["critical", "anomaly"]))
     page.click("#health-filter [data-health=critical]")  # off again: anomalies alone
-    if counts["anomaly"]:
-        expect_rows(page, ids(sort="lossKwh", order="desc", health="anomaly"))
-    else:
-        expect(page.locator("#vehicle-rows td.state")).to_have_text(
-            "No vehicle matches the filter."
-        )
+    expect_rows(page, ids(sort="lossKwh", order="desc", health="anomaly"))
+    page.click("#health-filter [data-health=anomaly]")
+    # A class no vehicle is in: the empty state, and no pages.
+    empty = next(health for health, count in counts.items() if count == 0)
+    page.click(f"#health-filter [data-health={empty}]")
+    expect(page.locator("#vehicle-rows td.state")).to_have_text("No vehicle matches the filter.")
+    expect(page.locator("#page-info")).to_have_text("page 1 of 1 · 0 vehicles")
+    expect(page.locator("#next")).to_be_disabled()
     page.context.close()
 
 
@@ -253,6 +255,20 @@ def test_a_vehicle_page_draws_its_charts_and_assignments(engine: str, browser: B
     # At a phone's width nothing spills sideways: the page is as wide as the screen.
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.context.close()
+
+
+def test_an_unknown_vehicle_shows_the_error_and_the_fleet_link_recovers(
+    engine: str, browser: Browser
+) -> None:
+    page = open_page(browser, engine)
+    page.goto(engine + "/#/vehicles/nobody-9")
+    expect(page.locator("#error")).to_have_text("Error: vehicle 'nobody-9' is unknown")
+    expect(page.locator("#live")).to_have_text("not updating")
+    expect(page.locator("#v-state")).to_have_text("…")  # the loading state stays, no numbers
+    page.click("#vehicle a[href='#/']")
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#vehicle-rows tr[data-vehicle]")).to_have_count(FLEET)
     page.context.close()
 
 
