@@ -161,6 +161,10 @@ def test_the_key_is_asked_once_and_the_overview_matches_the_api(
     assert cells[7] == first["health"].replace("insufficient_data", "too little data")
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "overview.png"))
+    # At a phone's width the tiles fold and only the table scrolls sideways, not the page.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate("document.querySelector('.table-wrap').clientWidth") < 390
     page.context.close()
 
 
