@@ -215,7 +215,7 @@
     $("next").disabled = !report.nextCursor;
   }
 
-  async function loadOverview() {
+  async function loadOverview(generation) {
     const fleetQuery = query({
       sort: state.sort,
       order: state.order,
@@ -223,16 +223,15 @@
       health: [...state.health],
       cursor: state.cursors[state.page],
     });
-    const [fleet, report] = await Promise.all([
-      api("/v1/fleet/status?limit=3"),
-      api(`/v1/analytics/fleet?${fleetQuery}`),
-    ]);
+    // The live counts answer in a fraction of the fleet ranking's time: shown as they come.
+    const fleet = api("/v1/fleet/status?limit=3").then((answer) => {
+      if (generation === state.generation) renderFleetStatus(answer);
+      return answer;
+    });
+    const [report] = await Promise.all([api(`/v1/analytics/fleet?${fleetQuery}`), fleet]);
     const ids = report.vehicles.map((v) => v.vehicleId);
     const statuses = ids.length ? (await api(`/v1/vehicles/status?${query({ vehicleId: ids })}`)).vehicles : [];
-    return () => {
-      renderFleetStatus(fleet);
-      renderFleetReport(report, statuses);
-    };
+    return () => renderFleetReport(report, statuses);
   }
 
   for (const button of document.querySelectorAll("button.sort")) {
@@ -451,7 +450,7 @@
     try {
       const render = where.view === "vehicle"
         ? await loadVehicle(where.id, state.polls % SERIES_EVERY === 0)
-        : await loadOverview();
+        : await loadOverview(generation);
       if (generation !== state.generation) return;
       render();
       state.polls += 1;
