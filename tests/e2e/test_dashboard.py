@@ -345,11 +345,15 @@ def _rolled_up(database_url: str) -> None:
         conn = await asyncpg.connect(database_url)
         try:
             for _ in range(600):
-                rolled = await conn.fetchval(
-                    "SELECT at FROM rollup_watermarks WHERE name = 'rolled'"
+                # Compared in SQL: the watermark starts at -infinity, which asyncpg cannot
+                # give as an aware datetime.
+                caught_up = await conn.fetchval(
+                    "SELECT coalesce(bool_and(at >= $1), false) "
+                    "AND NOT EXISTS (SELECT FROM rollup_dirty) "
+                    "FROM rollup_watermarks WHERE name = 'rolled'",
+                    hour - timedelta(hours=1),
                 )
-                dirty = await conn.fetchval("SELECT EXISTS (SELECT FROM rollup_dirty)")
-                if rolled is not None and rolled >= hour - timedelta(hours=1) and not dirty:
+                if caught_up:
                     return
                 await asyncio.sleep(0.1)
             raise AssertionError("the rollups did not catch up in 60 s")
