@@ -15,10 +15,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -40,11 +42,30 @@ FLEET = 30  # vehicles and meters simulated: two pages of 25
 BIG_FLEET = 10_000
 
 
-@pytest.fixture
+T = TypeVar("T")
+
+
+def in_thread(function: Callable[[], T]) -> T:
+    """`function()` on a thread of its own: while Playwright's synchronous API is open it keeps
+    an event loop running on this one, where asyncio.run (the database set-up) refuses to start."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(function).result()
+
+
+@contextmanager
+def clone(postgres_url: str, template: str, prefix: str) -> Iterator[str]:
+    """conftest.cloned_database, entered and left in_thread."""
+    database = cloned_database(postgres_url, template, prefix)
+    url = in_thread(database.__enter__)
+    try:
+        yield url
+    finally:
+        in_thread(lambda: database.__exit__(None, None, None))
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless. One a test, and requested after the engine fixtures:
-    Playwright's synchronous API keeps an event loop running while it is open, and the
-    fixtures' database set-up and teardown run asyncio.run."""
+    """Debian's Chromium, headless, one for the module."""
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM)
@@ -58,7 +79,7 @@ def engine(
 ) -> Iterator[str]:
     """An engine holding six simulated hours of FLEET vehicles and meters; its base URL."""
     with (
-        cloned_database(postgres_url, template_database, "dashboard") as url,
+        clone(postgres_url, template_database, "dashboard") as url,
         serve({"DATABASE_URL": url}, tmp_path_factory.mktemp("dashboard")) as (base, _),
     ):
         command = [sys.executable, "-m", "energy_engine.cli", "simulate", "--url", base]
@@ -317,7 +338,7 @@ def _import_big_fleet(database_url: str, directory: Path) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(assign())
+    in_thread(lambda: asyncio.run(assign()))
     times = [hour - timedelta(minutes=110), hour - timedelta(minutes=80)]
     times.append(datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5))
     readings = directory / "fleet.ndjson"
@@ -360,13 +381,13 @@ def _rolled_up(database_url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(wait())
+    in_thread(lambda: asyncio.run(wait()))
 
 
 @pytest.fixture
 def big_engine(postgres_url: str, template_database: str, tmp_path: Path) -> Iterator[str]:
     """An engine holding BIG_FLEET vehicles and meters, rolled up; its base URL."""
-    with cloned_database(postgres_url, template_database, "dashboard_big") as url:
+    with clone(postgres_url, template_database, "dashboard_big") as url:
         started = time.monotonic()
         _import_big_fleet(url, tmp_path)
         env = {"DATABASE_URL": url, "ENERGY_ROLLUP_REFRESH_EVERY": "PT1S"}
