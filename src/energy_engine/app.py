@@ -25,6 +25,7 @@ from energy_engine import __version__, db
 from energy_engine.asgi import BodyLimit
 from energy_engine.auth.cache import KeyCache
 from energy_engine.auth.middleware import HEALTH_PATHS, Auth, declare_security
+from energy_engine.dashboard import routes as dashboard
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
 from energy_engine.ingest.writer import GroupWriter, Writer
@@ -169,7 +170,9 @@ def create_app(settings: Settings) -> FastAPI:
     # Added after BodyLimit, so it runs before: a lean route reaches neither BodyLimit nor
     # FastAPI's router.
     app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
-    open_paths = set(HEALTH_PATHS)
+    # The dashboard's page and files hold no data: its API calls carry the operator's key.
+    open_paths = set(HEALTH_PATHS) | {dashboard.PAGE_PATH}
+    open_prefixes = (dashboard.STATIC_PATH + "/",)
     if settings.docs is DocsAccess.OPEN:
         open_paths |= {"/openapi.json", "/docs"}
     if settings.auth:
@@ -181,7 +184,9 @@ def create_app(settings: Settings) -> FastAPI:
             keys=keys,
             routes=_RouteTable(app),
             open_paths=open_paths,
-            open_prefixes=("/docs/",) if settings.docs is DocsAccess.OPEN else (),
+            open_prefixes=(
+                (*open_prefixes, "/docs/") if settings.docs is DocsAccess.OPEN else open_prefixes
+            ),
         )
     if settings.cors_origins:
         # Outside Auth: a browser's preflight carries no key, and refusals need CORS headers
@@ -235,6 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     if docs:
         _install_docs(app)
+    dashboard.install(app)
 
     def document() -> dict[str, Any]:
         if app.openapi_schema:

@@ -51,7 +51,8 @@ def _route_table() -> list[tuple[str, str, Scope]]:
 
 
 ROUTES = _route_table()
-OPEN = {("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/docs")}  # docs: by default
+# docs: by default; "/": the dashboard's page, whose API calls carry the operator's key
+OPEN = {("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/docs"), ("GET", "/")}
 GUARDED = [route for route in ROUTES if route[:2] not in OPEN]
 
 
@@ -149,7 +150,17 @@ async def test_every_route_refuses_what_is_not_a_valid_key_with_its_scope(
 
 
 @ON_THE_MODULE_APP
-@pytest.mark.parametrize("path", ["/health/live", "/health/ready", "/docs", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health/live",
+        "/health/ready",
+        "/docs",
+        "/openapi.json",
+        "/",
+        "/dashboard/static/dashboard.js",
+    ],
+)
 async def test_the_open_routes_need_no_key(
     engine: tuple[httpx.AsyncClient, str], path: str
 ) -> None:
