@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -30,6 +31,7 @@ from energy_engine.settings import IngestMode, Settings
 from tests import nats as nats_servers
 from tests.conftest import app_client
 from tests.integration.test_outage import PrivatePostgres
+from tests.mosquitto import device, mosquitto
 from tests.readings import meter, minute_ago, vehicle
 
 Key = tuple[str, str]  # (device, ISO timestamp) as sent
@@ -362,3 +364,42 @@ async def test_postgresql_down_for_30_s_keeps_answering_202_and_the_backlog_drai
     assert during > 100  # clients were answered all along
     assert set(rows.values()) == {1}
     assert len(rows) == len(load.acknowledged)
+
+
+async def test_mqtt_messages_go_through_the_queue_in_queue_mode(
+    nats_server: nats_servers.NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    """In queue mode the MQTT subscriber hands its readings to JetStream like the HTTP routes:
+    a message is acknowledged to the broker once the stream stored it, and the worker writes
+    it once."""
+    prefix = f"q{os.getpid()}/energy"
+    (tmp_path / "mosquitto").mkdir()
+    with mosquitto(tmp_path / "mosquitto") as broker:
+        settings = queue_settings(
+            database_url,
+            tmp_path,
+            [nats_server.url],
+            mqtt_url=broker,
+            mqtt_topic_prefix=prefix,
+            mqtt_shared_group="queue",
+        )
+        readings, keys = batch("MQ", 0, 20)
+        async with running(settings) as (app, _):
+            await asyncio.wait_for(app.state.mqtt.subscribed.wait(), 10)
+            with device(broker) as dev:
+                for reading in readings:
+                    kind, device_id = (
+                        ("meters", reading["meterId"])
+                        if "meterId" in reading
+                        else ("vehicles", reading["vehicleId"])
+                    )
+                    dev.publish(f"{prefix}/{kind}/{device_id}", orjson.dumps(reading))
+
+            async def all_queued() -> bool:
+                return (await stream.lag(app.state.jetstream, settings)).total == len(readings)
+
+            await until(all_queued, "every message in the stream")
+            assert await stored(database_url) == {}  # nothing written before a worker runs
+            async with worker(settings, database_url):
+                rows = await drained(database_url, set(keys))
+        assert rows == dict.fromkeys(keys, 1)
