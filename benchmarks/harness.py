@@ -199,8 +199,11 @@ def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve(database_url: str, *, workers: int = 1, log: Path) -> Iterator[Server]:
-    """A running `energy-engine serve` on `database_url`; yields its URL and process id.
+def serve(
+    database_url: str, *, workers: int = 1, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A running `energy-engine serve` on `database_url` (and `env`, e.g. MQTT_URL, over the
+    environment); yields its URL and process id.
 
     The first start on a database creates its admin key and writes it to a data directory
     of that database's own beside the log (never the checkout's .energy-engine/); while the
@@ -216,6 +219,7 @@ def serve(database_url: str, *, workers: int = 1, log: Path) -> Iterator[Server]
     env = {
         "ENERGY_PACK_AFTER": "off",
         **os.environ,
+        **(env or {}),
         "DATABASE_URL": database_url,
         "ENERGY_DATA_DIR": str(data_dir),
     }
