@@ -1,9 +1,10 @@
 """The brokers the transport scenarios need, each the benchmark's own on a free loopback port
-(never a broker already running on the machine): Mosquitto for MQTT.
+(never a broker already running on the machine): Mosquitto for MQTT, nats-server with
+JetStream for queue mode.
 
-The tests start theirs the same way (tests/mosquitto.py); the benchmark keeps its own few
-lines so that it never imports the tests, and says what to install instead of failing an
-assertion.
+The tests start theirs the same way (tests/mosquitto.py, tests/nats.py); the benchmark keeps
+its own few lines so that it never imports the tests, and says what to install instead of
+failing an assertion.
 """
 
 from __future__ import annotations
@@ -80,3 +81,16 @@ def mosquitto(directory: Path, *, max_queued: int) -> Iterator[str]:
     )
     with _running([binary, "-c", str(config)], port, directory / "mosquitto.log", "mosquitto"):
         yield f"mqtt://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def nats_server(directory: Path) -> Iterator[str]:
+    """A nats-server with JetStream storing in `directory`; yields its nats:// URL."""
+    binary = ensure_binary("nats-server", "nats-server")
+    store = directory / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [binary, "-a", "127.0.0.1", "-p", str(port), "-n", "bench", "-js"]
+    command += ["-sd", str(store)]
+    with _running(command, port, directory / "nats-server.log", "nats-server"):
+        yield f"nats://127.0.0.1:{port}"

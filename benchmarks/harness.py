@@ -251,6 +251,27 @@ def serve(
             process.kill()
 
 
+@contextlib.contextmanager
+def queue_worker(
+    database_url: str, *, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A running `energy-engine worker` (queue mode: `env` names the NATS server) writing to
+    `database_url`, until the block ends (SIGTERM: it commits what it holds and exits)."""
+    command = [sys.executable, "-m", "energy_engine.cli", "worker"]
+    full = {**os.environ, "ENERGY_LOG_LEVEL": "warning", **env, "DATABASE_URL": database_url}
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=full, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def worker_pids(pid: int) -> list[int]:
     """The processes of the engine started as `pid` that answer requests: with `--workers N`
     the N children uvicorn spawned (not multiprocessing's resource tracker), else `pid`."""

@@ -38,6 +38,7 @@ from benchmarks.harness import (
     ensure_wrk,
     median,
     median_run,
+    queue_worker,
     rss_peaks,
     run_wrk,
     serve,
@@ -131,6 +132,7 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
     wrk = ensure_wrk()
     # The brokers of the last scenarios: missing, say so now, not after the others ran.
     brokers.ensure_binary("mosquitto", "mosquitto")
+    brokers.ensure_binary("nats-server", "nats-server")
     rows: list[Row] = []
     suffix = uuid.uuid4().hex[:6]
     with _postgres(options) as admin_url:
@@ -167,6 +169,7 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
             batch_rate = _rate(rows, 2)
             rows += _fleet(wrk, admin_url, f"bench_fleet_{suffix}", options, batch_rate, say)
             rows.append(_mqtt_ingest(admin_url, f"bench_mqtt_{suffix}", options, batch_rate, say))
+            rows += _queue(wrk, admin_url, f"bench_queue_{suffix}", options, batch_rate, say)
         finally:
             asyncio.run(
                 db.run_statements(
@@ -175,6 +178,7 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
                     f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)",
                     f"DROP DATABASE IF EXISTS bench_fleet_{suffix} WITH (FORCE)",
                     f"DROP DATABASE IF EXISTS bench_mqtt_{suffix} WITH (FORCE)",
+                    f"DROP DATABASE IF EXISTS bench_queue_{suffix} WITH (FORCE)",
                 )
             )
     return sorted(rows, key=lambda row: row.number), version
@@ -1074,3 +1078,144 @@ async def _wait_stored(
         return stored, seconds
     finally:
         await conn.close()
+
+
+# --- 19, 20. queue mode (NATS JetStream) ---------------------------------------------------------
+
+QUEUE_BATCH = 1000  # readings per request, as (2)
+
+
+def _queue(
+    wrk: str, admin_url: str, name: str, options: Options, batch_rate: float, say: Say
+) -> list[Row]:
+    """(19) and (20) on an engine in queue mode, a nats-server of the bench's own and a
+    database of their own."""
+    asyncio.run(db.run_statements(admin_url, f"CREATE DATABASE {name}"))
+    url = db.with_database(admin_url, name)
+    with brokers.nats_server(options.work / "nats") as nats:
+        env = {"ENERGY_INGEST_MODE": "queue", "NATS_URL": nats}
+        log = options.work / "engine-queue.log"
+        with serve(url, workers=options.workers, log=log, env=env) as server:
+            ingest = _queue_ingest(wrk, server.base, url, env, options, batch_rate, say)
+            drain = _queue_drain(wrk, server.base, url, env, options, batch_rate, say)
+    return [ingest, drain]
+
+
+def _fill(wrk: str, base: str, options: Options, prefix: str) -> WrkRun:
+    """(2)'s load: batches of QUEUE_BATCH mixed readings, 8 connections, 202 a success."""
+    return run_wrk(
+        wrk,
+        options.scripts,
+        "batch.lua",
+        base,
+        connections=8,
+        seconds=options.batch_seconds,
+        env={"BENCH_PREFIX": prefix, "BENCH_BATCH": str(QUEUE_BATCH)},
+    )
+
+
+def _queue_lag(base: str) -> int:
+    """Messages in the stream not yet committed by a worker (the readiness answer's)."""
+    answer = httpx.get(f"{base}/health/ready", timeout=10)
+    lag: int = answer.json()["queueLag"]["messages"]
+    return lag
+
+
+def _drained(base: str, worker: subprocess.Popen[bytes]) -> tuple[float, float | None]:
+    """Wait until the stream is empty, or nothing moved for STALLED_S; returns the seconds
+    waited, and those until the lag first went down (None: it never did)."""
+    began = time.perf_counter()
+    first, moved = None, time.monotonic()
+    seen = _queue_lag(base)
+    while seen:
+        if worker.poll() is not None:
+            raise BenchError(f"energy-engine worker exited ({worker.returncode}); see worker.log")
+        time.sleep(POLL_S)
+        lag = _queue_lag(base)
+        if lag < seen:
+            first = first or time.perf_counter() - began
+            moved = time.monotonic()
+        elif time.monotonic() - moved > STALLED_S:
+            break
+        seen = lag
+    return time.perf_counter() - began, first
+
+
+def _queue_ingest(
+    wrk: str, base: str, url: str, env: dict[str, str], options: Options, rate_2: float, say: Say
+) -> Row:
+    say("scenario 19: queue mode, batches of 1,000 readings, wrk -c8, one worker writing")
+    runs, checks, all_stored = [], [], True
+    with queue_worker(url, env=env, log=options.work / "worker.log") as worker:
+        for _ in range(options.repeat):
+            prefix = "j" + uuid.uuid4().hex[:6]
+            run = _fill(wrk, base, options, prefix)
+            waited, _ = _drained(base, worker)
+            stored = asyncio.run(_stored(url, prefix))
+            acknowledged = run.acknowledged * QUEUE_BATCH
+            all_stored &= stored >= acknowledged > 0
+            checks.append(
+                f"{acknowledged:,} acknowledged, {stored:,} stored ({waited:.1f} s after the load)"
+            )
+            say(
+                f"  {run.per_second * QUEUE_BATCH:,.0f} readings/s, p50 {run.p50_ms:.1f} ms, "
+                f"p99 {run.p99_ms:.1f} ms, errors {run.status_errors}+{run.socket_errors}; "
+                f"{checks[-1]}"
+            )
+            runs.append(run)
+    run = median_run(runs)
+    rate = run.per_second * QUEUE_BATCH
+    return Row(
+        19,
+        "Queue mode (`ENERGY_INGEST_MODE=queue`, a NATS JetStream server): HTTP batch ingest "
+        "as (2), 1,000 readings per request, 8 connections, answered 202 once in the stream; "
+        "one `energy-engine worker` writing to PostgreSQL meanwhile",
+        "≥ (2)'s readings/s, nothing lost",
+        f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
+        + ("" if all_stored else ", READINGS LOST"),
+        rate >= rate_2 and all_stored,
+        [
+            _runs_line(runs, QUEUE_BATCH),
+            "acknowledged (202) vs stored once the stream was empty: " + "; ".join(checks),
+        ],
+    )
+
+
+def _queue_drain(
+    wrk: str, base: str, url: str, env: dict[str, str], options: Options, rate_2: float, say: Say
+) -> Row:
+    say(f"scenario 20: queue mode, a backlog of {options.batch_seconds} s of (19)'s load drained")
+    rates, lines, checks, all_stored = [], [], [], True
+    for _ in range(options.repeat):
+        prefix = "k" + uuid.uuid4().hex[:6]
+        run = _fill(wrk, base, options, prefix)  # no worker: it all waits in the stream
+        backlog = run.acknowledged * QUEUE_BATCH
+        with queue_worker(url, env=env, log=options.work / "worker.log") as worker:
+            seconds, first = _drained(base, worker)
+        stored = asyncio.run(_stored(url, prefix))
+        all_stored &= stored >= backlog > 0
+        rate = backlog / seconds
+        after = (
+            f", {backlog / (seconds - first):,.0f}/s from its first commit ({first:.1f} s)"
+            if first is not None and seconds > first
+            else ""
+        )
+        rates.append(rate)
+        lines.append(f"{rate:,.0f}/s ({backlog:,} readings in {seconds:.1f} s{after})")
+        checks.append(f"{backlog:,} acknowledged, {stored:,} stored")
+        say(f"  {lines[-1]}; {checks[-1]}")
+    rate = median(rates)
+    return Row(
+        20,
+        f"Queue mode backlog drain: (19)'s load for {options.batch_seconds} s with no worker "
+        "running (the backlog in the stream), then one `energy-engine worker` started; from "
+        "its start until the stream is empty",
+        "≥ (2)'s readings/s, nothing lost",
+        f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
+        + ("" if all_stored else ", READINGS LOST"),
+        rate >= rate_2 and all_stored,
+        [
+            "runs (median taken; the worker's start-up included): " + "; ".join(lines),
+            "acknowledged (202) vs stored: " + "; ".join(checks),
+        ],
+    )
