@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1114,30 +1114,34 @@ def _fill(wrk: str, base: str, options: Options, prefix: str) -> WrkRun:
     )
 
 
-def _queue_lag(base: str) -> int:
-    """Messages in the stream not yet committed by a worker (the readiness answer's)."""
-    answer = httpx.get(f"{base}/health/ready", timeout=10)
-    lag: int = answer.json()["queueLag"]["messages"]
-    return lag
+def _queue_lag(base: str) -> int | None:
+    """Messages in the stream not yet committed by a worker (the readiness answer's); None
+    when the engine could not say (JetStream slow to answer)."""
+    with suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+        lag: int = httpx.get(f"{base}/health/ready", timeout=10).json()["queueLag"]["messages"]
+        return lag
+    return None
 
 
 def _drained(base: str, worker: subprocess.Popen[bytes]) -> tuple[float, float | None]:
-    """Wait until the stream is empty, or nothing moved for STALLED_S; returns the seconds
-    waited, and those until the lag first went down (None: it never did)."""
+    """Wait until the stream is empty, or its lag has not gone down for STALLED_S; returns the
+    seconds waited, and those until the lag first went down (None: it never did)."""
     began = time.perf_counter()
     first, moved = None, time.monotonic()
-    seen = _queue_lag(base)
-    while seen:
-        if worker.poll() is not None:
-            raise BenchError(f"energy-engine worker exited ({worker.returncode}); see worker.log")
-        time.sleep(POLL_S)
+    seen = None
+    while True:
         lag = _queue_lag(base)
-        if lag < seen:
+        if lag == 0:
+            break
+        if lag is not None and seen is not None and lag < seen:
             first = first or time.perf_counter() - began
             moved = time.monotonic()
         elif time.monotonic() - moved > STALLED_S:
             break
-        seen = lag
+        if worker.poll() is not None:
+            raise BenchError(f"energy-engine worker exited ({worker.returncode}); see worker.log")
+        seen = lag if lag is not None else seen
+        time.sleep(POLL_S)
     return time.perf_counter() - began, first
 
 
