@@ -8,7 +8,7 @@ FAST := not slow and not bench
 # pytest processes (pytest-xdist), each with its own embedded PostgreSQL; auto: one a core.
 WORKERS ?= auto
 
-.PHONY: install serve format lint typecheck test test-all unit bench plans clean
+.PHONY: install system-packages serve format lint typecheck test test-all unit bench plans clean
 
 $(BIN)/energy-engine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,26 @@ typecheck: install
 	$(BIN)/mypy
 	$(BIN)/mypy tests
 
+# The tests start Mosquitto and nats-server of their own and drive Chromium: Debian packages,
+# installed when missing (as root with apt-get), else named in one line.
+SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto nats-server:/usr/sbin/nats-server chromium:/usr/bin/chromium
+system-packages:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	    package=$${entry%%:*}; path=$${entry#*:}; \
+	    command -v $$package >/dev/null 2>&1 || [ -x $$path ] || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing Debian packages the tests need:$$missing"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    else \
+	        echo "the tests need these packages, not installed here:$$missing (Debian: sudo apt-get install$$missing)"; \
+	        exit 1; \
+	    fi; \
+	fi
+
 ## What CI runs: lint, then every test but the slow end-to-end ones, with coverage (floor 90 %).
-test: lint
+test: system-packages lint
 	$(call covered,$(FAST))
 
 ## Lint and every test, the slow end-to-end and benchmark checks too, with coverage.

@@ -18,22 +18,26 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from nats.js import JetStreamContext
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from energy_engine import __version__, db
 from energy_engine.asgi import BodyLimit
 from energy_engine.auth.cache import KeyCache
 from energy_engine.auth.middleware import HEALTH_PATHS, Auth, declare_security
+from energy_engine.dashboard import routes as dashboard
 from energy_engine.deps import PoolDep
 from energy_engine.errors import install_error_handlers, install_outage_handlers, log_outage, outage
-from energy_engine.ingest.writer import GroupWriter
+from energy_engine.ingest.writer import GroupWriter, Writer
 from energy_engine.lifecycle import maintenance
 from energy_engine.mqtt.subscriber import Subscriber
 from energy_engine.observability import logs, metrics
 from energy_engine.observability.requests import RequestLog
+from energy_engine.queue import stream
+from energy_engine.queue.publisher import Publisher
 from energy_engine.rollups import store as rollups
 from energy_engine.routing import LEAN_ROUTES, ROUTERS, LeanRoutes, openapi, served_routes
-from energy_engine.settings import DocsAccess, Settings
+from energy_engine.settings import DocsAccess, IngestMode, Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +91,31 @@ def create_app(settings: Settings) -> FastAPI:
                     if await rollups.match_rules(conn, settings):
                         log.warning("energy rules changed: hourly rollups are being rebuilt")
                 app.state.pool = pool
-                writer_pool = await db.create_writer_pool(url, settings)
-                writer = GroupWriter(
-                    writer_pool,
-                    writers=settings.writer_connections,
-                    max_queued=settings.max_queued_readings,
-                    max_flush=settings.max_flush_readings,
-                )
-                writer.start()
+                writer: Writer
+                if settings.ingest_mode is IngestMode.QUEUE:
+                    # The workers (`energy-engine worker`) write; this process publishes.
+                    nc = await stream.connect(settings, "energy-engine-api")
+                    js = stream.jetstream(nc, settings)
+                    try:
+                        await stream.ensure_stream(js, settings)
+                    except BaseException:
+                        await nc.close()
+                        raise
+                    writer = Publisher(nc, js, settings)
+                    app.state.jetstream = js
+                    app.state.pools = {"request": pool}
+                else:
+                    writer_pool = await db.create_writer_pool(url, settings)
+                    writer = group = GroupWriter(
+                        writer_pool,
+                        writers=settings.writer_connections,
+                        max_queued=settings.max_queued_readings,
+                        max_flush=settings.max_flush_readings,
+                    )
+                    group.start()
+                    app.state.jetstream = None
+                    app.state.pools = {"request": pool, "writer": writer_pool}
                 app.state.writer = writer
-                app.state.pools = {"request": pool, "writer": writer_pool}
                 background = [
                     asyncio.create_task(_maintain(pool, settings)),
                     asyncio.create_task(_refresh_rollups(pool, settings)),
@@ -117,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
                 finally:  # paho's thread must not outlive the app, however it ends
                     if subscriber is not None:  # its messages in flight go through the writer
                         await subscriber.close()
-                await writer.close()  # commit everything queued before the pools go
+                await writer.close()  # commit (or publish) everything queued before the pools go
                 for task in background:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -151,7 +170,9 @@ def create_app(settings: Settings) -> FastAPI:
     # Added after BodyLimit, so it runs before: a lean route reaches neither BodyLimit nor
     # FastAPI's router.
     app.add_middleware(LeanRoutes, settings=settings, routes=LEAN_ROUTES)
-    open_paths = set(HEALTH_PATHS)
+    # The dashboard's page and files hold no data: its API calls carry the operator's key.
+    open_paths = set(HEALTH_PATHS) | {dashboard.PAGE_PATH}
+    open_prefixes = (dashboard.STATIC_PATH + "/",)
     if settings.docs is DocsAccess.OPEN:
         open_paths |= {"/openapi.json", "/docs"}
     if settings.auth:
@@ -163,7 +184,9 @@ def create_app(settings: Settings) -> FastAPI:
             keys=keys,
             routes=_RouteTable(app),
             open_paths=open_paths,
-            open_prefixes=("/docs/",) if settings.docs is DocsAccess.OPEN else (),
+            open_prefixes=(
+                (*open_prefixes, "/docs/") if settings.docs is DocsAccess.OPEN else open_prefixes
+            ),
         )
     if settings.cors_origins:
         # Outside Auth: a browser's preflight carries no key, and refusals need CORS headers
@@ -194,7 +217,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def ready(pool: PoolDep) -> Response:
         """PostgreSQL answers and every migration is applied. `rollupQuarantinedHours`: the
         device-hours the rollup refresher could not aggregate (read from raw rows instead,
-        still exact; see rollups.store); not a reason to take the engine out of service."""
+        still exact; see rollups.store); not a reason to take the engine out of service.
+        Queue mode: JetStream answers (`queueLag`: messages not yet committed by the workers);
+        PostgreSQL unreachable is then reported (`database`) but not a reason either, since
+        ingest goes on into the queue."""
+        if app.state.jetstream is not None:
+            return await _queue_ready(app.state.jetstream, pool, settings)
         try:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
@@ -212,6 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     if docs:
         _install_docs(app)
+    dashboard.install(app)
 
     def document() -> dict[str, Any]:
         if app.openapi_schema:
@@ -261,6 +290,38 @@ def app_from_environment() -> FastAPI:
     settings = Settings()
     logs.configure(settings)
     return create_app(settings)
+
+
+async def _queue_ready(js: JetStreamContext, pool: db.Pool, settings: Settings) -> Response:
+    """Readiness in queue mode: the stream's consumer answers; the database's state told."""
+    try:
+        lag = await stream.lag(js, settings)
+    except Exception as exc:  # any failure to answer means not ready
+        return _status(503, f"queue unavailable: {type(exc).__name__}: {exc}")
+    database = "ok"
+    try:
+        async with pool.acquire(timeout=2.0) as conn:
+            pending = await db.pending_migrations(conn)
+    except db.MigrationMismatch as exc:
+        return _status(503, str(exc))
+    except Exception as exc:
+        found = outage(exc)
+        if found is None:
+            raise
+        database = "unreachable: " + found.reason
+    else:
+        if pending:
+            return _status(503, f"{pending} migrations pending")
+    return _status(
+        200,
+        "ok",
+        database=database,
+        queueLag={
+            "messages": lag.total,
+            "pending": lag.pending,
+            "unacknowledged": lag.unacknowledged,
+        },
+    )
 
 
 def _status(code: int, status: str, **more: object) -> Response:

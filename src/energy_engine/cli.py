@@ -4,6 +4,7 @@ keys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
+import nats.errors
 import typer
 import uvicorn
 from pydantic import ValidationError
@@ -32,6 +34,7 @@ from energy_engine.bounds import duration_text
 from energy_engine.lifecycle import maintenance
 from energy_engine.mqtt.client import Broker
 from energy_engine.observability import logs, metrics
+from energy_engine.queue import worker as queue_worker
 from energy_engine.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -223,6 +226,39 @@ async def _first_admin_key(conn: db.Connection, settings: Settings) -> None:
         f"Created the first API key (admin, id {key.id}); it is shown once, here, and "
         f"kept in {path} (readable by you only):\n{key.text}"
     )
+
+
+@cli.command()
+def worker() -> None:
+    """Write the readings that queue mode put in the JetStream stream into PostgreSQL, until
+    stopped (SIGTERM, Ctrl-C).
+
+    Run one or more beside `serve` with ENERGY_INGEST_MODE=queue and the same NATS_URL,
+    DATABASE_URL and ENERGY_QUEUE_* settings; they share the stream's durable consumer
+    (ENERGY_QUEUE_CONSUMER). Each commits batches of up to ENERGY_QUEUE_BATCH (5000) readings
+    on ENERGY_WRITER_CONNECTIONS (2) connections and acknowledges them after the commit; what a
+    worker fetched and did not acknowledge is delivered again after ENERGY_QUEUE_ACK_WAIT
+    (PT30S). While the database is down the readings wait in the stream.
+    """
+    settings = _settings()
+    logs.configure(settings)
+    _check_database(settings)
+
+    async def run(url: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await queue_worker.run(settings, url)
+
+    with db.database_url(settings) as url:
+        try:
+            asyncio.run(run(url))
+        except (OSError, nats.errors.Error) as exc:
+            typer.echo(f"error: NATS: {type(exc).__name__}: {exc}; check NATS_URL", err=True)
+            raise typer.Exit(1) from None
 
 
 @cli.command()

@@ -76,6 +76,13 @@ LogLevel = Annotated[
 ]
 
 
+class IngestMode(StrEnum):
+    """Where accepted readings go before PostgreSQL."""
+
+    DIRECT = "direct"  # group commit: answered 200 once committed
+    QUEUE = "queue"  # NATS JetStream: answered 202 once the stream stored them (queue/)
+
+
 class LogFormat(StrEnum):
     """How log lines are written to stderr."""
 
@@ -111,6 +118,37 @@ class Settings(BaseSettings):
     writer_connections: PositiveInt = 2
     max_queued_readings: PositiveInt = 200_000
     max_flush_readings: PositiveInt = 20_000
+
+    # Queue mode (queue/): ingest publishes each reading to a JetStream stream and answers 202;
+    # `energy-engine worker` processes write them. NATS_URL: one server or a cluster's,
+    # comma-separated.
+    ingest_mode: IngestMode = IngestMode.DIRECT
+    nats_url: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = Field(
+        default=["nats://127.0.0.1:4222"],
+        validation_alias=AliasChoices("NATS_URL", "ENERGY_NATS_URL"),
+        min_length=1,
+    )
+    queue_stream: str = Field(default="ENERGY_READINGS", pattern=r"^[A-Za-z0-9_-]+$")
+    queue_subject_prefix: str = Field(
+        default="energy.readings", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+    )
+    queue_consumer: str = Field(default="energy-writer", pattern=r"^[A-Za-z0-9_-]+$")
+    queue_replicas: int = Field(default=1, ge=1, le=5)
+    # The stream's limits; at either, publishing is refused and ingest answers 503. A reading
+    # takes about 250 bytes in the stream (payload, subject, message id).
+    queue_max_bytes: PositiveInt = 4 * 1024**3
+    queue_max_messages: PositiveInt | None = None
+    # A reading published twice within this window (a client's retry) is stored in the stream
+    # once (`Nats-Msg-Id`); later duplicates are still stored once by PostgreSQL.
+    queue_duplicate_window: timedelta = Field(default=timedelta(minutes=2), gt=timedelta(0))
+    # How long ingest waits for JetStream to store a request's readings, retrying through a
+    # reconnect or a leader election, before answering 503.
+    queue_publish_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
+    # Worker: messages per fetch (a message holds one reading or up to 1,000 of a request;
+    # a commit takes up to max_flush_readings), and how long a fetched message may stay
+    # unacknowledged before JetStream delivers it again (a worker that died).
+    queue_batch: PositiveInt = 500
+    queue_ack_wait: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
 
     # Energy semantics and plausibility.
     energy_semantics: EnergySemantics = EnergySemantics.CUMULATIVE

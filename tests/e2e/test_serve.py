@@ -23,6 +23,8 @@ from energy_engine.cli import cli
 from tests.conftest import AUTH
 from tests.readings import meter, minute_ago, vehicle
 
+READY_WITHIN_S = 120
+
 pytestmark = pytest.mark.e2e
 
 
@@ -67,7 +69,8 @@ def serve(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        # Generous: an embedded PostgreSQL's first start (initdb) on a loaded 2-core machine.
+        deadline = time.monotonic() + READY_WITHIN_S
         while True:
             if process.poll() is not None:
                 output = process.stdout.read().decode() if process.stdout else ""
@@ -77,7 +80,7 @@ def serve(
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "serve did not become ready in 60 s"
+            assert time.monotonic() < deadline, f"serve did not become ready in {READY_WITHIN_S} s"
             time.sleep(0.05)
         yield base, process
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import re
 import time
 import uuid
@@ -50,7 +51,8 @@ def _route_table() -> list[tuple[str, str, Scope]]:
 
 
 ROUTES = _route_table()
-OPEN = {("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/docs")}  # docs: by default
+# docs: by default; "/": the dashboard's page, whose API calls carry the operator's key
+OPEN = {("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/docs"), ("GET", "/")}
 GUARDED = [route for route in ROUTES if route[:2] not in OPEN]
 
 
@@ -148,7 +150,17 @@ async def test_every_route_refuses_what_is_not_a_valid_key_with_its_scope(
 
 
 @ON_THE_MODULE_APP
-@pytest.mark.parametrize("path", ["/health/live", "/health/ready", "/docs", "/openapi.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health/live",
+        "/health/ready",
+        "/docs",
+        "/openapi.json",
+        "/",
+        "/dashboard/static/dashboard.js",
+    ],
+)
 async def test_the_open_routes_need_no_key(
     engine: tuple[httpx.AsyncClient, str], path: str
 ) -> None:
@@ -313,11 +325,14 @@ async def test_unknown_keys_cannot_hammer_the_database(
         for _ in range(20):  # the same unknown key: asked about once
             _refused(await http.get("/v1/fleet/status", headers=bearer(one)), 401)
         assert len(asked) == 1
+        began = time.monotonic()
         for _ in range(200):  # a new unknown key each time: within the lookup budget
             _refused(
                 await http.get("/v1/fleet/status", headers=bearer(generate((Scope.ADMIN,)))), 401
             )
-        assert len(asked) <= 1 + cache.LOOKUPS.burst + 5
+        # The burst, and the refill over the time the requests took (longer on a loaded machine).
+        refill = math.ceil(cache.LOOKUPS.per_second * (time.monotonic() - began))
+        assert len(asked) <= 1 + cache.LOOKUPS.burst + refill + 1
 
 
 def _keys(args: list[str], database_url: str) -> Any:

@@ -108,3 +108,43 @@ async def test_unknown_devices_are_404(client: httpx.AsyncClient) -> None:
         response = await client.get(path)
         assert response.status_code == 404
         assert response.json()["error"] == "not_found"
+
+
+async def test_vehicles_status_answers_the_vehicles_asked_for_by_id(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/v1/assignments", json={"vehicleId": "V-2", "meterId": "M-2"})
+    batch = [
+        vehicle("V-1", minute_ago(6), 10.0, soc=30),
+        vehicle("V-2", minute_ago(2), 10.0, soc=60),
+        vehicle("V-2", minute_ago(1), 11.0, soc=61),
+        vehicle("V-3", minute_ago(1), 5.0),
+    ]
+    await client.post("/v1/ingest/vehicle", json=batch)
+    response = await client.get(
+        "/v1/vehicles/status", params={"vehicleId": ["V-2", "V-1", "V-9", "V-2"]}
+    )
+    assert response.status_code == 200
+    found = response.json()["vehicles"]
+    # Each known vehicle once, by id; V-9 never reported; V-3 was not asked for.
+    assert [v["vehicleId"] for v in found] == ["V-1", "V-2"]
+    one, two = found
+    assert (one["soc"], one["online"], one["charging"], one["meterId"]) == (30, False, False, None)
+    assert (two["soc"], two["online"], two["charging"], two["meterId"]) == (61, True, True, "M-2")
+    # The same answer, field by field, as the one vehicle's own status.
+    assert two == (await client.get("/v1/vehicles/V-2/status")).json()
+
+
+async def test_vehicles_status_refuses_no_ids_bad_ids_and_too_many(
+    client: httpx.AsyncClient,
+) -> None:
+    for params in (
+        {},
+        {"vehicleId": "bad id"},
+        {"vehicleId": [f"V-{i}" for i in range(1001)]},
+    ):
+        response = await client.get("/v1/vehicles/status", params=params)
+        assert response.status_code == 422, params
+        body = response.json()
+        assert body["error"] == "invalid_request"
+        assert body["errors"][0]["field"].startswith("vehicleId")

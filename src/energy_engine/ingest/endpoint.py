@@ -23,9 +23,9 @@ import orjson
 
 from energy_engine.asgi import Receive, Scope, Send, answer
 from energy_engine.errors import ApiError, ErrorItem, error_json, unavailable
-from energy_engine.ingest.models import MeterReading, VehicleReading
+from energy_engine.ingest.models import MeterReading, Queued, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
-from energy_engine.ingest.writer import GroupWriter, Overloaded
+from energy_engine.ingest.writer import Overloaded, Writer
 from energy_engine.observability import metrics
 from energy_engine.settings import Settings
 
@@ -50,7 +50,7 @@ class IngestHandler:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, _: str) -> None:
-        writer: GroupWriter = scope["app"].state.writer
+        writer: Writer = scope["app"].state.writer
         try:
             readings, indexes = await _read_readings(
                 self.parser, scope, receive, self.settings.max_body_bytes
@@ -67,9 +67,9 @@ class IngestHandler:
             metrics.count_rejected(TRANSPORT, self.stream, rejected)
             await answer(send, error.status, error_json(error), error.headers)
             return
-        except Overloaded:
-            busy = ApiError(503, "overloaded", "the write queue is full; retry shortly")
-            await answer(send, 503, error_json(busy), {"Retry-After": "1"})
+        except Overloaded as full:
+            busy = ApiError(503, "overloaded", full.message)
+            await answer(send, 503, error_json(busy), {"Retry-After": str(full.retry_after)})
             return
         except _Disconnected:
             return
@@ -78,6 +78,9 @@ class IngestHandler:
             if down is None:
                 raise
             await answer(send, down.status, error_json(down), down.headers)
+            return
+        if isinstance(result, Queued):  # queue mode: stored durably, not yet in PostgreSQL
+            await answer(send, 202, orjson.dumps({"queued": result.queued}))
             return
         body = orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates})
         await answer(send, 200, body)

@@ -9,7 +9,7 @@ from pydantic.alias_generators import to_camel
 
 from energy_engine.bounds import BatteryTemp, DeviceId, Kwh, ReadingTime, Soc, Voltage
 
-__all__ = ["AnyReading", "DeviceId", "IngestResult", "MeterReading", "VehicleReading"]
+__all__ = ["AnyReading", "DeviceId", "IngestResult", "MeterReading", "Queued", "VehicleReading"]
 
 _READING_CONFIG = ConfigDict(
     alias_generator=to_camel,
@@ -70,3 +70,10 @@ class IngestResult(BaseModel):
 
     accepted: int
     duplicates: int
+
+
+class Queued(BaseModel):
+    """Queue mode: readings of this request stored in the durable queue, to be written by
+    `energy-engine worker` (a retried reading is stored once all the same)."""
+
+    queued: int

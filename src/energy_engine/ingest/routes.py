@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.routing import APIRoute
 
 from energy_engine.errors import ErrorBody
-from energy_engine.ingest.models import IngestResult
+from energy_engine.ingest.models import IngestResult, Queued
 
 SCHEMA_REF = "#/components/schemas/{model}"
 
@@ -18,7 +18,10 @@ _ERRORS = {
     413: "Body or batch too large",
     415: "Neither JSON nor NDJSON, or an unsupported Content-Encoding",
     422: "Invalid readings: each problem by index (array position or NDJSON line) and field",
-    503: "Write queue full, or the database unavailable: retry after Retry-After seconds",
+    503: (
+        "Write queue full, the database unavailable, or (queue mode) the JetStream stream "
+        "full or unreachable: retry after Retry-After seconds"
+    ),
 }
 
 
@@ -51,13 +54,16 @@ def _declare(path: str, item: str, summary: str) -> APIRoute:
             "One reading, a JSON array or NDJSON (one reading per line); all or nothing. "
             "Answered only once the readings are committed. A retried reading is counted as "
             "a duplicate and stored once. The body may be gzip-compressed "
-            "(`Content-Encoding: gzip`)."
+            "(`Content-Encoding: gzip`). In queue mode (ENERGY_INGEST_MODE=queue) the answer "
+            "is 202 once the readings are stored in the JetStream stream, and workers write "
+            "them to PostgreSQL."
         ),
         operation_id="ingest_" + item,
         response_model=IngestResult,
         response_description="Committed",
         responses={
-            code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()
+            202: {"model": Queued, "description": "Queue mode: stored in the durable queue"},
+            **{code: {"model": ErrorBody, "description": text} for code, text in _ERRORS.items()},
         },
         openapi_extra={"requestBody": request_body},
     )

@@ -19,10 +19,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from energy_engine.db import Pool
 from energy_engine.errors import log_outage, outage
-from energy_engine.ingest.models import IngestResult, MeterReading, VehicleReading
+from energy_engine.ingest.models import IngestResult, MeterReading, Queued, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.observability import metrics
 
@@ -31,6 +32,35 @@ log = logging.getLogger(__name__)
 
 class Overloaded(Exception):
     """The queue is full (or the writer is shutting down): the client should retry later."""
+
+    def __init__(
+        self, message: str = "the write queue is full; retry shortly", retry_after: int = 1
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Writer(Protocol):
+    """Where every transport hands its validated readings (`app.state.writer`): the group
+    commit (`GroupWriter`, an `IngestResult` once committed) or, in queue mode, the JetStream
+    publisher (`queue.publisher`, a `Queued` once the stream stored them). Both raise
+    `Overloaded` when the client should retry later."""
+
+    @property
+    def queued(self) -> int:
+        """Readings accepted and waiting in this process."""
+        ...
+
+    async def submit(
+        self,
+        meters: Sequence[MeterReading],
+        vehicles: Sequence[VehicleReading],
+        transport: str = "http",
+    ) -> IngestResult | Queued: ...
+
+    async def close(self) -> None:
+        """Finish what was accepted and stop."""
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
 """MQTT ingestion: devices publish readings to `{prefix}/meters/{meterId}` and
-`{prefix}/vehicles/{vehicleId}`; the engine stores them through the group-commit writer.
+`{prefix}/vehicles/{vehicleId}`; the engine stores them through the ingest writer (group
+commit, or the JetStream queue in queue mode).
 
 Every engine process joins one MQTT v5 shared subscription (`$share/{group}/...`), so the
 broker hands each message to one of them. A QoS 1 message is acknowledged (PUBACK) only after
@@ -33,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from energy_engine.errors import ApiError, ErrorItem, error_json, outage
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.parse import ReadingParser
-from energy_engine.ingest.writer import GroupWriter, Overloaded
+from energy_engine.ingest.writer import Overloaded, Writer
 from energy_engine.mqtt.client import Broker, new_client
 from energy_engine.observability import metrics
 from energy_engine.settings import Settings
@@ -57,7 +58,7 @@ def default_client_id() -> str:
 class Subscriber:
     """The engine's MQTT subscription: readings in, stored, acknowledged after commit."""
 
-    def __init__(self, settings: Settings, writer: GroupWriter) -> None:
+    def __init__(self, settings: Settings, writer: Writer) -> None:
         assert settings.mqtt_url is not None
         self.settings = settings
         self.writer = writer

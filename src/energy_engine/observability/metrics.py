@@ -59,7 +59,9 @@ READINGS = Counter(
     "energy_readings",
     "Readings ingested, by transport (http, mqtt, import), stream (meter, vehicle; unknown for "
     "a rejected mixed body) and outcome: accepted (stored now), duplicate (stored before), "
-    "rejected (refused as invalid: each item a 4xx names, or 1 for a body refused whole).",
+    "rejected (refused as invalid: each item a 4xx names, or 1 for a body refused whole), "
+    "queued (queue mode: stored in the JetStream stream; accepted and duplicate are then "
+    "counted by the worker that commits them).",
     ["transport", "stream", "outcome"],
 )
 BATCH_READINGS = Histogram(
@@ -139,6 +141,12 @@ def count_stored(transport: str, stream: str, readings: int, accepted: int) -> N
     if readings:
         _readings(transport, stream, "accepted").inc(accepted)
         _readings(transport, stream, "duplicate").inc(readings - accepted)
+
+
+def count_queued(transport: str, stream: str, readings: int) -> None:
+    """`readings` of `stream` stored in the JetStream stream (queue mode)."""
+    if readings:
+        _readings(transport, stream, "queued").inc(readings)
 
 
 def count_rejected(transport: str, stream: str, readings: int) -> None:
@@ -236,10 +244,28 @@ async def _from_database(pool: Pool) -> list[Metric]:
     )
 
 
-async def render(pool: Pool, pools: Mapping[str, Pool], queued: int) -> bytes:
-    """The Prometheus text of every metric: all processes' when several share them."""
+def queue_lag_family(pending: int, unacknowledged: int) -> Metric:
+    """Queue mode: the messages in the stream that no worker has committed yet."""
+    family = GaugeMetricFamily(
+        "energy_queue_lag_messages",
+        "Queue mode: messages in the JetStream stream not yet committed to PostgreSQL (each "
+        "one reading or up to 1,000 of one request), by state: pending (not yet fetched by a "
+        "worker) and unacknowledged (fetched, not yet committed; delivered again after "
+        "ENERGY_QUEUE_ACK_WAIT).",
+        labels=["state"],
+    )
+    family.add_metric(["pending"], pending)
+    family.add_metric(["unacknowledged"], unacknowledged)
+    return family
+
+
+async def render(
+    pool: Pool, pools: Mapping[str, Pool], queued: int, more: Iterable[Metric] = ()
+) -> bytes:
+    """The Prometheus text of every metric: all processes' when several share them; `more`:
+    families computed by the caller (the queue's lag)."""
     sample(pools, queued)
-    families = await _from_database(pool)
+    families = await _from_database(pool) + list(more)
     if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

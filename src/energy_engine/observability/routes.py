@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from energy_engine.deps import PoolDep
 from energy_engine.observability import metrics
+from energy_engine.queue import stream
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"])
 
@@ -25,5 +30,13 @@ async def prometheus_metrics(request: Request, pool: PoolDep) -> Response:
     """Counters, histograms and gauges of every serving process, for Prometheus to scrape
     (metric names and meanings: README, docs/configuration.md)."""
     state = request.app.state
-    text = await metrics.render(pool, state.pools, state.writer.queued)
+    more = []
+    if state.jetstream is not None:
+        try:
+            lag = await stream.lag(state.jetstream, state.settings)
+        except Exception as exc:  # the process's own metrics matter most then
+            log.warning("queue lag unavailable: %s: %s", type(exc).__name__, exc)
+        else:
+            more.append(metrics.queue_lag_family(lag.pending, lag.unacknowledged))
+    text = await metrics.render(pool, state.pools, state.writer.queued, more)
     return Response(text, media_type=TEXT_FORMAT)

@@ -27,6 +27,14 @@ class VehicleStatus(BaseModel):
     meter_id: str | None
 
 
+class VehicleStatuses(BaseModel):
+    """The latest state of each requested vehicle ever seen, by id."""
+
+    model_config = _CAMEL
+
+    vehicles: list[VehicleStatus]
+
+
 class MeterStatus(BaseModel):
     """Latest meter reading with what follows from it and the reading before."""
 

@@ -7,6 +7,15 @@ FROM vehicle_state AS v
 LEFT JOIN assignments AS a ON a.vehicle_id = v.vehicle_id AND a.valid_to IS NULL
 WHERE v.vehicle_id = $1;
 
+-- name: vehicle_states
+-- The hot rows of the vehicles of $1 (an array of ids) with their current meters; ids never
+-- seen have no row. One statement for a page of the dashboard's vehicle table.
+SELECT v.*, a.meter_id
+FROM vehicle_state AS v
+LEFT JOIN assignments AS a ON a.vehicle_id = v.vehicle_id AND a.valid_to IS NULL
+WHERE v.vehicle_id = ANY($1::text[])
+ORDER BY v.vehicle_id;
+
 -- name: meter_state
 -- The hot row of meter $1 with the vehicle assigned to it now.
 SELECT m.*, a.vehicle_id

@@ -1,4 +1,5 @@
-"""GET /v1/vehicles/{vehicleId}/status and /v1/meters/{meterId}/status."""
+"""GET /v1/vehicles/{vehicleId}/status, /v1/vehicles/status (several), /v1/meters/{meterId}/status
+and /v1/fleet/status."""
 
 from __future__ import annotations
 
@@ -6,16 +7,23 @@ import base64
 from datetime import UTC, datetime
 from typing import Annotated
 
+from asyncpg import Record
 from fastapi import APIRouter, Query
 
-from energy_engine.bounds import DEVICE_ID, WHEN
+from energy_engine.bounds import DEVICE_ID, WHEN, DeviceId
 from energy_engine.db import as_sent
 from energy_engine.deps import MeterIdPath, PoolDep, SettingsDep, VehicleIdPath
 from energy_engine.energy import Reading, power_kw
 from energy_engine.errors import INVALID, UNAVAILABLE, UNKNOWN_DEVICE, invalid_request, not_found
 from energy_engine.settings import EnergySemantics, Settings
 from energy_engine.status import store
-from energy_engine.status.models import FleetStatus, MeterStatus, StaleDevice, VehicleStatus
+from energy_engine.status.models import (
+    FleetStatus,
+    MeterStatus,
+    StaleDevice,
+    VehicleStatus,
+    VehicleStatuses,
+)
 
 router = APIRouter(tags=["status"], responses={**INVALID, **UNAVAILABLE})
 
@@ -32,15 +40,7 @@ def _power(
     return None if power is None else round(power, 3)
 
 
-@router.get("/v1/vehicles/{vehicleId}/status", responses=UNKNOWN_DEVICE)
-async def vehicle_status(
-    vehicle_id: VehicleIdPath, pool: PoolDep, settings: SettingsDep
-) -> VehicleStatus:
-    """Latest state of a vehicle: SoC, energy, temperature, power, charging, online, meter."""
-    async with pool.acquire() as conn:
-        row = await store.vehicle_state(conn, vehicle_id)
-    if row is None:
-        raise not_found("vehicle", vehicle_id)
+def _vehicle_status(row: Record, settings: Settings) -> VehicleStatus:
     online = _online(row["read_at"], settings)
     power = _power(
         row["prev_read_at"],
@@ -62,6 +62,42 @@ async def vehicle_status(
         online=online,
         meter_id=row["meter_id"],
     )
+
+
+@router.get("/v1/vehicles/{vehicleId}/status", responses=UNKNOWN_DEVICE)
+async def vehicle_status(
+    vehicle_id: VehicleIdPath, pool: PoolDep, settings: SettingsDep
+) -> VehicleStatus:
+    """Latest state of a vehicle: SoC, energy, temperature, power, charging, online, meter."""
+    async with pool.acquire() as conn:
+        row = await store.vehicle_state(conn, vehicle_id)
+    if row is None:
+        raise not_found("vehicle", vehicle_id)
+    return _vehicle_status(row, settings)
+
+
+MAX_VEHICLES = 1000
+
+
+@router.get("/v1/vehicles/status")
+async def vehicles_status(
+    pool: PoolDep,
+    settings: SettingsDep,
+    vehicle_ids: Annotated[
+        list[DeviceId],
+        Query(
+            alias="vehicleId",
+            min_length=1,
+            max_length=MAX_VEHICLES,
+            description=f"1 to {MAX_VEHICLES} vehicle ids (repeat the parameter).",
+        ),
+    ],
+) -> VehicleStatuses:
+    """The latest state of several vehicles at once (a page of a fleet table), by id; ids
+    never seen are left out."""
+    async with pool.acquire() as conn:
+        rows = await store.vehicle_states(conn, list(dict.fromkeys(vehicle_ids)))
+    return VehicleStatuses(vehicles=[_vehicle_status(row, settings) for row in rows])
 
 
 @router.get("/v1/meters/{meterId}/status", responses=UNKNOWN_DEVICE)

@@ -17,6 +17,11 @@ async def vehicle_state(conn: Connection, vehicle_id: str) -> asyncpg.Record | N
     return await conn.fetchrow(queries.vehicle_state, vehicle_id)
 
 
+async def vehicle_states(conn: Connection, vehicle_ids: list[str]) -> list[asyncpg.Record]:
+    """The hot rows of those of `vehicle_ids` ever seen, with their current meters, by id."""
+    return list(await conn.fetch(queries.vehicle_states, vehicle_ids))
+
+
 async def meter_state(conn: Connection, meter_id: str) -> asyncpg.Record | None:
     """The hot row of a meter with its current vehicle, or None if never seen."""
     return await conn.fetchrow(queries.meter_state, meter_id)

@@ -1,0 +1,1 @@
+"""Queue mode: readings published to a NATS JetStream stream, written by `energy-engine worker`."""
