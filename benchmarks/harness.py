@@ -199,8 +199,11 @@ def engine(database_url: str, *, workers: int = 1, log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve(database_url: str, *, workers: int = 1, log: Path) -> Iterator[Server]:
-    """A running `energy-engine serve` on `database_url`; yields its URL and process id.
+def serve(
+    database_url: str, *, workers: int = 1, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A running `energy-engine serve` on `database_url` (and `env`, e.g. MQTT_URL, over the
+    environment); yields its URL and process id.
 
     The first start on a database creates its admin key and writes it to a data directory
     of that database's own beside the log (never the checkout's .energy-engine/); while the
@@ -216,6 +219,7 @@ def serve(database_url: str, *, workers: int = 1, log: Path) -> Iterator[Server]
     env = {
         "ENERGY_PACK_AFTER": "off",
         **os.environ,
+        **(env or {}),
         "DATABASE_URL": database_url,
         "ENERGY_DATA_DIR": str(data_dir),
     }
@@ -245,6 +249,27 @@ def serve(database_url: str, *, workers: int = 1, log: Path) -> Iterator[Server]
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextlib.contextmanager
+def queue_worker(
+    database_url: str, *, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A running `energy-engine worker` (queue mode: `env` names the NATS server) writing to
+    `database_url`, until the block ends (SIGTERM: it commits what it holds and exits)."""
+    command = [sys.executable, "-m", "energy_engine.cli", "worker"]
+    full = {**os.environ, "ENERGY_LOG_LEVEL": "warning", **env, "DATABASE_URL": database_url}
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=full, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def worker_pids(pid: int) -> list[int]:

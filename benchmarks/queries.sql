@@ -13,6 +13,13 @@ SELECT (SELECT count(*) FROM meter_readings WHERE meter_id LIKE $1)
      + (SELECT count(*) FROM vehicle_readings WHERE vehicle_id LIKE $1);
 
 
+-- name: devices_caught_up
+-- Devices under one run's prefix ($1: the prefix followed by '-%') whose latest state is the
+-- reading at $2: polled while scenario 18 waits for its readings, since the state tables hold
+-- a row a device where the history holds one a reading.
+SELECT (SELECT count(*) FROM meter_state WHERE meter_id LIKE $1 AND read_at = $2)
+     + (SELECT count(*) FROM vehicle_state WHERE vehicle_id LIKE $1 AND read_at = $2);
+
 -- name: older_meter_history
 -- DUPLICATES ENGINE: the history insert of ingest/store.py (ON CONFLICT DO NOTHING) without
 -- the hot-row merge or the rollup dirty marks; `roll_up_again` below makes up for the marks.

@@ -19,23 +19,26 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
+import orjson
 from rich.console import Console
 
-from benchmarks import ceilings, fleet
+from benchmarks import brokers, ceilings, fleet, mqttload
 from benchmarks.harness import (
+    BenchError,
     WrkRun,
     api_headers,
     engine,
     ensure_wrk,
     median,
     median_run,
+    queue_worker,
     rss_peaks,
     run_wrk,
     serve,
@@ -73,6 +76,7 @@ class Options:
     workers: int = 1
     fleet_size: int = 10_000  # meters and vehicles × 24 h for the fleet ranking (8 to 10)
     fleet_requests: int = 15
+    mqtt_readings: int = 1_000_000  # scenario 18: published per run, 100 a message
 
     @classmethod
     def quick(cls, scripts: Path, work: Path, database_url: str | None = None) -> Options:
@@ -94,6 +98,7 @@ class Options:
             open_rate=50.0,
             fleet_size=50,
             fleet_requests=3,
+            mqtt_readings=50_000,
         )
 
 
@@ -125,6 +130,9 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
     """Run every scenario; returns the rows and the PostgreSQL version measured against."""
     say: Say = console.log
     wrk = ensure_wrk()
+    # The brokers of the last scenarios: missing, say so now, not after the others ran.
+    brokers.ensure_binary("mosquitto", "mosquitto")
+    brokers.ensure_binary("nats-server", "nats-server")
     rows: list[Row] = []
     suffix = uuid.uuid4().hex[:6]
     with _postgres(options) as admin_url:
@@ -160,6 +168,8 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
             )
             batch_rate = _rate(rows, 2)
             rows += _fleet(wrk, admin_url, f"bench_fleet_{suffix}", options, batch_rate, say)
+            rows.append(_mqtt_ingest(admin_url, f"bench_mqtt_{suffix}", options, batch_rate, say))
+            rows += _queue(wrk, admin_url, f"bench_queue_{suffix}", options, batch_rate, say)
         finally:
             asyncio.run(
                 db.run_statements(
@@ -167,6 +177,8 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
                     f"DROP DATABASE IF EXISTS {raw_db} WITH (FORCE)",
                     f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)",
                     f"DROP DATABASE IF EXISTS bench_fleet_{suffix} WITH (FORCE)",
+                    f"DROP DATABASE IF EXISTS bench_mqtt_{suffix} WITH (FORCE)",
+                    f"DROP DATABASE IF EXISTS bench_queue_{suffix} WITH (FORCE)",
                 )
             )
     return sorted(rows, key=lambda row: row.number), version
@@ -940,5 +952,274 @@ def _packed_row(packed: fleet.Packed) -> Row:
             "answers compared: per-vehicle reports, series and fleet rankings over those days "
             "(fleet.old_requests), from engines started before and after packing",
             *packed.mismatches,
+        ],
+    )
+
+
+# --- 18. MQTT ingest end to end ----------------------------------------------------------------
+
+MQTT_PER_MESSAGE = 100  # readings per message, all of one device (the topic names it)
+MQTT_PUBLISHERS = 2  # publisher processes: one Python publisher caps at a core
+POLL_S = 0.1  # how often the bench looks whether the readings are stored
+STALLED_S = 15.0  # no progress for this long: what is missing is lost
+
+
+def _mqtt_ingest(admin_url: str, name: str, options: Options, batch_rate: float, say: Say) -> Row:
+    """(18): bursts of array payloads published at QoS 1 into a Mosquitto of the bench's own,
+    stored by an engine subscribed to it; the clock runs from the first publish until every
+    reading the broker acknowledged is in PostgreSQL."""
+    messages = options.mqtt_readings // MQTT_PER_MESSAGE
+    readings = messages * MQTT_PER_MESSAGE
+    asyncio.run(db.run_statements(admin_url, f"CREATE DATABASE {name}"))
+    url = db.with_database(admin_url, name)
+    say(
+        f"scenario 18: MQTT, {readings:,} readings in messages of {MQTT_PER_MESSAGE} at QoS 1 "
+        f"from {MQTT_PUBLISHERS} publisher processes"
+    )
+
+    def publish(prefix: str) -> mqttload.Published:
+        return mqttload.run(
+            broker, prefix, publishers=MQTT_PUBLISHERS, messages=messages,
+            per_message=MQTT_PER_MESSAGE,
+        )  # fmt: skip
+
+    # The broker holds what the engine has not taken yet: a whole run, not Mosquitto's 1,000.
+    with brokers.mosquitto(options.work / "mosquitto", max_queued=messages + 1000) as broker:
+        alone = publish("c" + uuid.uuid4().hex[:6])
+        ceiling = alone.acknowledged * MQTT_PER_MESSAGE / alone.seconds
+        say(f"  publishers against the broker alone (no subscriber): {ceiling:,.0f} readings/s")
+        log = options.work / "engine-mqtt.log"
+        with serve(url, workers=options.workers, log=log, env={"MQTT_URL": broker}):
+            _wait_subscribed(broker, url)
+            rates, lines, checks, all_stored = [], [], [], True
+            for _ in range(options.repeat):
+                prefix = "q" + uuid.uuid4().hex[:6]
+                sent = publish(prefix)
+                acknowledged = sent.acknowledged * MQTT_PER_MESSAGE
+                stored, seconds = asyncio.run(_wait_stored(url, prefix, sent, acknowledged))
+                rate = stored / seconds
+                all_stored &= acknowledged == readings and stored >= acknowledged
+                took = sent.seconds
+                published = f"published in {took:.1f} s, {acknowledged / took:,.0f}/s"
+                rates.append(rate)
+                lines.append(f"{rate:,.0f}/s ({published})")
+                checks.append(f"{acknowledged:,} acknowledged by the broker, {stored:,} stored")
+                say(f"  {rate:,.0f} readings/s, all stored in {seconds:.1f} s; {checks[-1]}")
+    rate = median(rates)
+    share = rate / batch_rate
+    return Row(
+        18,
+        f"MQTT ingest end to end: {readings:,} readings published as JSON arrays of "
+        f"{MQTT_PER_MESSAGE} (one device a message) at QoS 1 by {MQTT_PUBLISHERS} publisher "
+        f"processes to Mosquitto, stored by the engine subscribed (`--workers "
+        f"{options.workers}`); from the first publish until all are in PostgreSQL",
+        "≥ (2)'s readings/s, nothing lost",
+        f"{rate:,.0f} readings/s = {share:.0%} of (2)" + ("" if all_stored else ", READINGS LOST"),
+        rate >= batch_rate and all_stored,
+        [
+            "runs (median taken): " + "; ".join(lines),
+            f"the publishers alone against the broker alone (no subscriber; the ceiling): "
+            f"{ceiling:,.0f} readings/s ({alone.acknowledged:,} messages in {alone.seconds:.1f} s)",
+            "acknowledged vs stored: " + "; ".join(checks),
+        ],
+    )
+
+
+def _wait_subscribed(broker: str, url: str) -> None:
+    """Publish one reading until the engine has stored it: the engine answers /health/ready
+    before its MQTT subscription is in place, and the broker drops what no one subscribes to."""
+    at = datetime.now(UTC).replace(microsecond=0)
+    item = [("energy/meters/probe-m0", orjson.dumps([{
+        "meterId": "probe-m0", "kwhConsumedAc": 1.0, "voltage": 230.0,
+        "timestamp": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }]))]  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        mqttload.run_once(broker, item)
+        until = time.monotonic() + 1
+        while time.monotonic() < until:
+            if asyncio.run(_stored(url, "probe")):
+                return
+            time.sleep(POLL_S)
+        if time.monotonic() > deadline:
+            raise BenchError("the engine stored no MQTT reading in 60 s; see engine-mqtt.log")
+
+
+async def _wait_stored(
+    url: str, prefix: str, sent: mqttload.Published, acknowledged: int
+) -> tuple[int, float]:
+    """Wait until the `acknowledged` readings of the run are stored, or until nothing has
+    moved for STALLED_S; returns the readings stored and the seconds since the first publish."""
+    last_at = sent.start + timedelta(seconds=MQTT_PER_MESSAGE - 1)
+    conn = await asyncpg.connect(url)
+    try:
+        seen, moved = -1, time.monotonic()
+        # Cheap while it lasts: a row a device in the state tables, not one a reading.
+        while True:
+            devices: int = await conn.fetchval(queries.devices_caught_up, prefix + "-%", last_at)
+            if devices >= sent.acknowledged:
+                break
+            if devices != seen:
+                seen, moved = devices, time.monotonic()
+            elif time.monotonic() - moved > STALLED_S:
+                break
+            await asyncio.sleep(POLL_S)
+        seen, moved = -1, time.monotonic()
+        while True:  # a message's readings may span two of the writer's flushes
+            stored: int = await conn.fetchval(queries.stored_readings, prefix + "-%")
+            seconds = time.perf_counter() - sent.began
+            if stored >= acknowledged:
+                break
+            if stored != seen:
+                seen, moved = stored, time.monotonic()
+            elif time.monotonic() - moved > STALLED_S:
+                break
+            await asyncio.sleep(POLL_S)
+        return stored, seconds
+    finally:
+        await conn.close()
+
+
+# --- 19, 20. queue mode (NATS JetStream) ---------------------------------------------------------
+
+QUEUE_BATCH = 1000  # readings per request, as (2)
+
+
+def _queue(
+    wrk: str, admin_url: str, name: str, options: Options, batch_rate: float, say: Say
+) -> list[Row]:
+    """(19) and (20) on an engine in queue mode, a nats-server of the bench's own and a
+    database of their own."""
+    asyncio.run(db.run_statements(admin_url, f"CREATE DATABASE {name}"))
+    url = db.with_database(admin_url, name)
+    with brokers.nats_server(options.work / "nats") as nats:
+        env = {"ENERGY_INGEST_MODE": "queue", "NATS_URL": nats}
+        log = options.work / "engine-queue.log"
+        with serve(url, workers=options.workers, log=log, env=env) as server:
+            ingest = _queue_ingest(wrk, server.base, url, env, options, batch_rate, say)
+            drain = _queue_drain(wrk, server.base, url, env, options, batch_rate, say)
+    return [ingest, drain]
+
+
+def _fill(wrk: str, base: str, options: Options, prefix: str) -> WrkRun:
+    """(2)'s load: batches of QUEUE_BATCH mixed readings, 8 connections, 202 a success."""
+    return run_wrk(
+        wrk,
+        options.scripts,
+        "batch.lua",
+        base,
+        connections=8,
+        seconds=options.batch_seconds,
+        env={"BENCH_PREFIX": prefix, "BENCH_BATCH": str(QUEUE_BATCH)},
+    )
+
+
+def _queue_lag(base: str) -> int | None:
+    """Messages in the stream not yet committed by a worker (the readiness answer's); None
+    when the engine could not say (JetStream slow to answer)."""
+    with suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+        lag: int = httpx.get(f"{base}/health/ready", timeout=10).json()["queueLag"]["messages"]
+        return lag
+    return None
+
+
+def _drained(base: str, worker: subprocess.Popen[bytes]) -> tuple[float, float | None]:
+    """Wait until the stream is empty, or its lag has not gone down for STALLED_S; returns the
+    seconds waited, and those until the lag first went down (None: it never did)."""
+    began = time.perf_counter()
+    first, moved = None, time.monotonic()
+    seen = None
+    while True:
+        lag = _queue_lag(base)
+        if lag == 0:
+            break
+        if lag is not None and seen is not None and lag < seen:
+            first = first or time.perf_counter() - began
+            moved = time.monotonic()
+        elif time.monotonic() - moved > STALLED_S:
+            break
+        if worker.poll() is not None:
+            raise BenchError(f"energy-engine worker exited ({worker.returncode}); see worker.log")
+        seen = lag if lag is not None else seen
+        time.sleep(POLL_S)
+    return time.perf_counter() - began, first
+
+
+def _queue_ingest(
+    wrk: str, base: str, url: str, env: dict[str, str], options: Options, rate_2: float, say: Say
+) -> Row:
+    say("scenario 19: queue mode, batches of 1,000 readings, wrk -c8, one worker writing")
+    runs, checks, all_stored = [], [], True
+    with queue_worker(url, env=env, log=options.work / "worker.log") as worker:
+        for _ in range(options.repeat):
+            prefix = "j" + uuid.uuid4().hex[:6]
+            run = _fill(wrk, base, options, prefix)
+            waited, _ = _drained(base, worker)
+            stored = asyncio.run(_stored(url, prefix))
+            acknowledged = run.acknowledged * QUEUE_BATCH
+            all_stored &= stored >= acknowledged > 0
+            checks.append(
+                f"{acknowledged:,} acknowledged, {stored:,} stored ({waited:.1f} s after the load)"
+            )
+            say(
+                f"  {run.per_second * QUEUE_BATCH:,.0f} readings/s, p50 {run.p50_ms:.1f} ms, "
+                f"p99 {run.p99_ms:.1f} ms, errors {run.status_errors}+{run.socket_errors}; "
+                f"{checks[-1]}"
+            )
+            runs.append(run)
+    run = median_run(runs)
+    rate = run.per_second * QUEUE_BATCH
+    return Row(
+        19,
+        "Queue mode (`ENERGY_INGEST_MODE=queue`, a NATS JetStream server): HTTP batch ingest "
+        "as (2), 1,000 readings per request, 8 connections, answered 202 once in the stream; "
+        "one `energy-engine worker` writing to PostgreSQL meanwhile",
+        "≥ (2)'s readings/s, nothing lost",
+        f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
+        + ("" if all_stored else ", READINGS LOST"),
+        rate >= rate_2 and all_stored,
+        [
+            _runs_line(runs, QUEUE_BATCH),
+            "acknowledged (202) vs stored once the stream was empty: " + "; ".join(checks),
+        ],
+    )
+
+
+def _queue_drain(
+    wrk: str, base: str, url: str, env: dict[str, str], options: Options, rate_2: float, say: Say
+) -> Row:
+    say(f"scenario 20: queue mode, a backlog of {options.batch_seconds} s of (19)'s load drained")
+    rates, lines, checks, all_stored = [], [], [], True
+    for _ in range(options.repeat):
+        prefix = "k" + uuid.uuid4().hex[:6]
+        run = _fill(wrk, base, options, prefix)  # no worker: it all waits in the stream
+        backlog = run.acknowledged * QUEUE_BATCH
+        with queue_worker(url, env=env, log=options.work / "worker.log") as worker:
+            seconds, first = _drained(base, worker)
+        stored = asyncio.run(_stored(url, prefix))
+        all_stored &= stored >= backlog > 0
+        rate = backlog / seconds
+        after = (
+            f", {backlog / (seconds - first):,.0f}/s from its first commit ({first:.1f} s)"
+            if first is not None and seconds > first
+            else ""
+        )
+        rates.append(rate)
+        lines.append(f"{rate:,.0f}/s ({backlog:,} readings in {seconds:.1f} s{after})")
+        checks.append(f"{backlog:,} acknowledged, {stored:,} stored")
+        say(f"  {lines[-1]}; {checks[-1]}")
+    rate = median(rates)
+    return Row(
+        20,
+        f"Queue mode backlog drain: (19)'s load for {options.batch_seconds} s with no worker "
+        "running (the backlog in the stream), then one `energy-engine worker` started; from "
+        "its start until the stream is empty",
+        "≥ (2)'s readings/s, nothing lost",
+        f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
+        + ("" if all_stored else ", READINGS LOST"),
+        rate >= rate_2 and all_stored,
+        [
+            "runs (median taken; the worker's start-up included): " + "; ".join(lines),
+            "acknowledged (202) vs stored: " + "; ".join(checks),
         ],
     )

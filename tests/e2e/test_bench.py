@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from benchmarks import ceilings, fleet, harness
+from benchmarks import brokers, ceilings, fleet, harness
 from energy_engine import db, sql
 from energy_engine.analytics import store
 from energy_engine.settings import EnergySemantics, Settings
@@ -43,6 +43,7 @@ def _table(page: str) -> dict[int, tuple[str, str, str, str]]:
 
 
 REPORTED_ONLY = {1, 14}  # the write statements alone: ceilings, no target of their own
+LAST = 20  # the highest row number
 
 
 def check_page(page: str) -> None:
@@ -50,15 +51,17 @@ def check_page(page: str) -> None:
     `python -c 'from tests.e2e.test_bench import check_page; ...'`)."""
     assert "- Git revision: " in page and "- Machine: " in page
     table = _table(page)
-    assert list(table) == list(range(1, 18))
+    assert list(table) == list(range(1, LAST + 1))
     for number, (_, _, _, verdict) in table.items():
         assert verdict in VERDICTS, (number, verdict)
         assert (verdict == "-") == (number in REPORTED_ONLY), (number, verdict)
 
     # Every figure measured, not a zero or a placeholder.
     measured = {number: row[2] for number, row in table.items()}
-    for number in (1, 2, 6, 14, 15):
+    for number in (1, 2, 6, 14, 15, 18, 19, 20):
         assert _number(r"^([\d,]+) readings/s", measured[number]) > 0, measured[number]
+    for number in (18, 19, 20):  # MQTT and queue mode, against direct HTTP batches
+        assert _number(r"= (\d+)% of \(2\)", measured[number]) > 0, measured[number]
     assert _number(r"= (\d+)% of \(1\)", measured[2]) > 0
     assert _number(r"= (\d+)% of \(14\)", measured[15]) > 0
     for number in (3, 5, 9):
@@ -77,13 +80,18 @@ def check_page(page: str) -> None:
 
     # Each scenario's runs are listed under its number.
     runs = page.split("\n## Runs\n", 1)[1]
-    for number in range(1, 18):
+    for number in range(1, LAST + 1):
         assert re.search(rf"^{number}\. .+\n   - \S", runs, flags=re.MULTILINE), number
-    # After each ingest scenario (2, 3, 15) the bench counted in SQL what the server
-    # acknowledged.
+    # After each ingest scenario (2, 3, 15; in queue mode 19, 20 once the stream was empty) the
+    # bench counted in SQL what the server acknowledged.
     checks = re.findall(r"([\d,]+) acknowledged, ([\d,]+) stored", page)
-    assert len(checks) == 3
+    assert len(checks) == 5
     for acknowledged, stored in checks:
+        assert int(stored.replace(",", "")) >= int(acknowledged.replace(",", "")) > 0
+    # MQTT (18): what the broker acknowledged to the publishers, counted in SQL.
+    published = re.findall(r"([\d,]+) acknowledged by the broker, ([\d,]+) stored", page)
+    assert published
+    for acknowledged, stored in published:
         assert int(stored.replace(",", "")) >= int(acknowledged.replace(",", "")) > 0
     assert "READINGS LOST" not in page
     # The default window is the last 24 whole hours, answered as such.
@@ -126,6 +134,12 @@ def test_without_wrk_the_bench_says_how_to_install_it(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install wrk" in lines[0], done.stderr
     assert not out.exists()
+
+
+def test_a_missing_broker_is_a_bench_error_saying_what_to_install() -> None:
+    with pytest.raises(harness.BenchError, match=r"apt-get install no-such-package"):
+        brokers.ensure_binary("no-such-broker", "no-such-package")
+    assert brokers.ensure_binary("mosquitto", "mosquitto").endswith("/mosquitto")
 
 
 def test_the_engine_never_imports_the_benchmarks() -> None:
