@@ -12,11 +12,14 @@ import time
 from pathlib import Path
 
 import asyncpg
+import httpx
+import orjson
 import pytest
 
 from tests.conftest import AUTH
 from tests.e2e.test_serve import serve
-from tests.mosquitto import mosquitto
+from tests.mosquitto import device, mosquitto
+from tests.readings import minute_ago, vehicle
 
 pytestmark = pytest.mark.e2e
 
@@ -64,3 +67,44 @@ def test_simulate_publishes_over_mqtt_to_a_serving_engine(
                 assert time.monotonic() < deadline, f"{stored} of {published} stored"
                 time.sleep(0.1)
             assert stored == published
+
+
+def _mqtt_counts(base: str) -> dict[str, float]:
+    """This process's MQTT readings by outcome, from its /metrics."""
+    text = httpx.get(f"{base}/metrics", headers=AUTH, timeout=10).text
+    counts: dict[str, float] = {}
+    for outcome, value in re.findall(
+        r'^energy_readings_total\{outcome="(\w+)",stream="\w+",transport="mqtt"\} ([\d.e+]+)$',
+        text,
+        re.MULTILINE,
+    ):
+        counts[outcome] = counts.get(outcome, 0.0) + float(value)
+    return counts
+
+
+def test_two_serving_engines_share_one_subscription_and_store_each_reading_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two `serve` processes on one broker: the shared subscription gives each message to
+    one of them, so both take a share and no reading is written twice."""
+    readings = [
+        vehicle(f"V-{i % 10}", minute_ago(1 + i // 10), float(100 - i // 10)) for i in range(200)
+    ]
+    for name in ("a", "b"):  # each process's working directory, data directory and metrics
+        (tmp_path / name).mkdir()
+    with mosquitto(tmp_path) as broker:
+        env = {"DATABASE_URL": database_url, "MQTT_URL": broker, "ENERGY_LOG_LEVEL": "warning"}
+        with serve(env, tmp_path / "a") as (first, _), serve(env, tmp_path / "b") as (second, _):
+            time.sleep(1)  # both subscriptions in place before the first message
+            with device(broker) as dev:
+                for reading in readings:
+                    dev.publish(f"energy/vehicles/{reading['vehicleId']}", orjson.dumps(reading))
+            deadline = time.monotonic() + 30
+            while (stored := asyncio.run(_stored(database_url))) < len(readings):
+                assert time.monotonic() < deadline, f"{stored} of {len(readings)} stored"
+                time.sleep(0.1)
+            shares = [_mqtt_counts(first), _mqtt_counts(second)]
+    assert stored == len(readings)
+    assert all(share.get("accepted", 0) > 0 for share in shares), shares
+    assert sum(share.get("accepted", 0) for share in shares) == len(readings)
+    assert sum(share.get("duplicate", 0) for share in shares) == 0
