@@ -14,6 +14,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,43 @@ def _one_minute() -> Iterator[None]:
     """`minute_ago` gives the same minute throughout the test, whenever the clock turns."""
     with readings.one_minute():
         yield
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server the test may stop and start again on the same socket."""
+
+    server: Any
+    url: str
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
+
+    def stop(self) -> None:
+        """Stop it as an operator would: sessions end with AdminShutdown."""
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        """Start it again, listening where it did (pgserver puts the socket in pgdata)."""
+        socket_dir = self.server.pgdata
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.server.log), "start"
+        )
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, which it may stop and start (outage tests)."""
+    from pgserver import get_server  # type: ignore[attr-defined]
+
+    server = get_server(tmp_path / "pg", cleanup_mode="delete")
+    postgres = PrivatePostgres(server, server.get_uri())
+    try:
+        yield postgres
+    finally:
+        # pgserver stops only a server it sees running; start it again if a test left it down.
+        if not (Path(server.pgdata) / "postmaster.pid").exists():
+            postgres.start()
+        server.cleanup()

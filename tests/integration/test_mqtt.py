@@ -32,8 +32,7 @@ from energy_engine.settings import Settings
 from energy_engine.simulate.fleet import Fleet, FleetConfig, floor_minute
 from energy_engine.simulate.publish import publisher
 from energy_engine.simulate.send import simulate
-from tests.conftest import MakeSettings, app_client
-from tests.integration.test_outage import PrivatePostgres
+from tests.conftest import MakeSettings, PrivatePostgres, app_client
 from tests.mosquitto import device, free_port, mosquitto
 from tests.readings import meter, minute_ago, vehicle
 
@@ -44,21 +43,6 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passw
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with mosquitto(tmp_path_factory.mktemp("mosquitto")) as url:
         yield url
-
-
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    """A PostgreSQL server of the test's own, which it may stop and start (test_outage)."""
-    from pgserver import get_server  # type: ignore[attr-defined]
-
-    server = get_server(tmp_path / "pg", cleanup_mode="delete")
-    postgres = PrivatePostgres(server, server.get_uri())
-    try:
-        yield postgres
-    finally:
-        if not (Path(server.pgdata) / "postmaster.pid").exists():
-            postgres.start()
-        server.cleanup()
 
 
 @pytest.fixture

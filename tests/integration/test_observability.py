@@ -25,13 +25,9 @@ from energy_engine.importer.run import ImportStopped, import_files
 from energy_engine.observability import logs, metrics
 from energy_engine.observability.requests import RequestLog
 from energy_engine.settings import LogFormat, Settings
-from tests.integration import test_outage
-from tests.integration.test_outage import PrivatePostgres
+from tests.conftest import PrivatePostgres
 from tests.readings import iso, meter, minute_ago, vehicle
 from tests.scrape import Key, delta, readings, samples, value
-
-# A PostgreSQL of the test's own, to stop and start.
-private_postgres = test_outage.private_postgres
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[Key, float]:

@@ -12,8 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,49 +25,10 @@ from fastapi import FastAPI
 from energy_engine.app import create_app
 from energy_engine.auth import store
 from energy_engine.settings import Settings
-from tests.conftest import ADMIN_KEY, AUTH
+from tests.conftest import ADMIN_KEY, AUTH, PrivatePostgres
 from tests.readings import iso, vehicle
 
 REQUEST_BOUND_S = 10.0  # no request may take longer, outage or not
-
-
-@dataclass
-class PrivatePostgres:
-    """A PostgreSQL server the test may stop and start again on the same socket."""
-
-    server: Any
-    url: str
-
-    def _pg_ctl(self, *args: str) -> None:
-        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
-
-        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=30)
-
-    def stop(self) -> None:
-        """Stop it as an operator would: sessions end with AdminShutdown."""
-        self._pg_ctl("-w", "-m", "fast", "stop")
-
-    def start(self) -> None:
-        """Start it again, listening where it did (pgserver puts the socket in pgdata)."""
-        socket_dir = self.server.pgdata
-        self._pg_ctl(
-            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.server.log), "start"
-        )
-
-
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    from pgserver import get_server  # type: ignore[attr-defined]
-
-    server = get_server(tmp_path / "pg", cleanup_mode="delete")
-    postgres = PrivatePostgres(server, server.get_uri())
-    try:
-        yield postgres
-    finally:
-        # pgserver stops only a server it sees running; start it again if a test left it down.
-        if not (Path(server.pgdata) / "postmaster.pid").exists():
-            postgres.start()
-        server.cleanup()
 
 
 @pytest.fixture

@@ -29,8 +29,7 @@ from energy_engine.queue import stream
 from energy_engine.queue import worker as queue_worker
 from energy_engine.settings import IngestMode, Settings
 from tests import nats as nats_servers
-from tests.conftest import app_client
-from tests.integration.test_outage import PrivatePostgres
+from tests.conftest import PrivatePostgres, app_client
 from tests.mosquitto import device, mosquitto
 from tests.readings import meter, minute_ago, vehicle
 
@@ -324,12 +323,9 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
 
 
 async def test_postgresql_down_for_30_s_keeps_answering_202_and_the_backlog_drains(
-    nats_server: nats_servers.NatsServer, tmp_path: Path
+    nats_server: nats_servers.NatsServer, private_postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
-    from pgserver import get_server  # type: ignore[attr-defined]
-
-    server = get_server(tmp_path / "pg", cleanup_mode="delete")
-    postgres = PrivatePostgres(server, server.get_uri())
+    postgres = private_postgres
     settings = queue_settings(
         postgres.url,
         tmp_path,
@@ -338,28 +334,23 @@ async def test_postgresql_down_for_30_s_keeps_answering_202_and_the_backlog_drai
         acquire_timeout=timedelta(seconds=2),
         command_timeout=timedelta(seconds=5),
     )
-    try:
-        async with running(settings) as (_, client), worker(settings, postgres.url):
-            load = Load(client, "P")
-            load.start(every_s=0.2)
-            await asyncio.sleep(1)
-            await asyncio.to_thread(postgres.stop)
-            down_at = time.monotonic()
-            await asyncio.sleep(30)
-            during = len(load.statuses)
-            ready = await client.get("/health/ready")
-            assert ready.status_code == 200
-            assert ready.json()["database"].startswith("unreachable")
-            assert ready.json()["queueLag"]["messages"] > 0
-            await asyncio.to_thread(postgres.start)
-            assert time.monotonic() - down_at >= 30
-            await asyncio.sleep(1)
-            await load.stop()
-            rows = await drained(postgres.url, load.acknowledged)
-    finally:
-        if not (Path(server.pgdata) / "postmaster.pid").exists():
-            postgres.start()
-        server.cleanup()
+    async with running(settings) as (_, client), worker(settings, postgres.url):
+        load = Load(client, "P")
+        load.start(every_s=0.2)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(postgres.stop)
+        down_at = time.monotonic()
+        await asyncio.sleep(30)
+        during = len(load.statuses)
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200
+        assert ready.json()["database"].startswith("unreachable")
+        assert ready.json()["queueLag"]["messages"] > 0
+        await asyncio.to_thread(postgres.start)
+        assert time.monotonic() - down_at >= 30
+        await asyncio.sleep(1)
+        await load.stop()
+        rows = await drained(postgres.url, load.acknowledged)
     assert set(load.statuses) == {202}
     assert during > 100  # clients were answered all along
     assert set(rows.values()) == {1}
