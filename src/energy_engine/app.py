@@ -101,7 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
                     except BaseException:
                         await nc.close()
                         raise
-                    writer = Publisher(nc, js, settings)
+                    writer = await Publisher.open(nc, settings)
                     app.state.jetstream = js
                     app.state.pools = {"request": pool}
                 else:

@@ -173,20 +173,24 @@ async def test_readings_go_through_the_queue_into_postgresql_once(
         first = await client.post("/v1/ingest", json=readings)
         assert first.status_code == 202
         assert first.json() == {"queued": 100}
-        # A client's retry: published again, stored once in the stream (Nats-Msg-Id).
+        # A client's retry, and a reading of the batch sent again alone, are published again
+        # and stored once in the stream (Nats-Msg-Id device:timestamp); a new reading next to
+        # one of the batch adds one message.
         assert (await client.post("/v1/ingest", json=readings)).status_code == 202
         one = await client.post("/v1/ingest/meter", json=readings[0])
         assert one.status_code == 202
         assert one.json() == {"queued": 1}
+        new, new_keys = batch("Q", 1, 1)
+        mixed = await client.post("/v1/ingest", json=[readings[1], *new])
+        assert mixed.json() == {"queued": 2}
+        keys += new_keys
         ready = await client.get("/health/ready")
         assert ready.status_code == 200
-        # Three messages: the batch's meters and vehicles (its retry duplicates in the stream)
-        # and the lone reading.
-        assert ready.json()["queueLag"] == {"messages": 3, "pending": 3, "unacknowledged": 0}
+        assert ready.json()["queueLag"] == {"messages": 101, "pending": 101, "unacknowledged": 0}
         assert ready.json()["database"] == "ok"
         assert await stored(database_url) == {}  # nothing written before a worker runs
         metrics = (await client.get("/metrics")).text
-        assert 'energy_queue_lag_messages{state="pending"} 3.0' in metrics
+        assert 'energy_queue_lag_messages{state="pending"} 101.0' in metrics
         assert 'energy_readings_total{outcome="queued",stream="meter",transport="http"}' in metrics
         async with worker(settings, database_url):
             rows = await drained(database_url, set(keys))
@@ -208,11 +212,11 @@ async def test_a_full_or_unreachable_queue_answers_503_with_retry_after(
         database_url,
         tmp_path,
         [nats_server.url],
-        queue_max_messages=4,
+        queue_max_messages=20,
         queue_publish_timeout=timedelta(seconds=1),
     )
     async with running(settings) as (_, client):
-        for number in range(2):  # two messages a request: its meters, its vehicles
+        for number in range(2):  # a message a reading
             readings, _ = batch("F", number, 10)
             assert (await client.post("/v1/ingest", json=readings)).status_code == 202
         more, _ = batch("F", 2, 2)

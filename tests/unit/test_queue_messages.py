@@ -1,5 +1,6 @@
-"""Queue mode's messages: what the API publishes is what the worker reads back, and a retried
-request gets the same message ids."""
+"""Queue mode's messages: a message per reading, identified by device and instant; what the
+API publishes is what the worker reads back, including a request's message from the earlier
+one-message-per-request form."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from energy_engine.ingest.models import MeterReading, VehicleReading
-from energy_engine.queue.publisher import READINGS_PER_MESSAGE, messages
+import orjson
+
+from energy_engine.queue.publisher import messages
 from energy_engine.queue.worker import decode
 
 AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -40,37 +43,44 @@ def vehicles(n: int) -> list[VehicleReading]:
 def test_the_worker_reads_back_what_the_api_published() -> None:
     sent_meters, sent_vehicles = meters(1500), vehicles(3)
     published = messages("energy.readings", "mqtt", sent_meters, sent_vehicles)
-    assert [topic for topic, _, _ in published] == ["energy.readings.mqtt"] * 3
+    assert [topic for topic, _, _ in published] == ["energy.readings.mqtt"] * 1503
     received: list[Any] = [Message(topic, body) for topic, _, body in published]
     batch, good, bad = decode(received, "energy.readings")
     assert (good, bad) == (received, [])
     assert batch.meters == sent_meters
     assert batch.vehicles == sent_vehicles
     assert batch.transports == ["mqtt"] * 1503
-    assert max(len(m.data) for m in received) < 1024 * 1024  # NATS's default max_payload
 
 
-def test_a_lone_reading_is_identified_by_device_and_instant() -> None:
+def test_every_reading_is_identified_by_stream_device_and_instant() -> None:
     (one,) = meters(1)
     same_instant = one.model_copy(update={"timestamp": AT.astimezone(timezone(timedelta(hours=2)))})
     [(_, first, _)] = messages("p", "http", [one], [])
     [(_, again, _)] = messages("p", "http", [same_instant], [])
     assert first == again == "meter:M0:2026-11-29T12:00:00+00:00"
-    [(_, vehicle_id, _)] = messages("p", "http", [], vehicles(1))
-    assert vehicle_id == "vehicle:V0:2026-11-29T12:00:00+00:00"
+    ids = [msg_id for _, msg_id, _ in messages("p", "http", meters(3), vehicles(2))]
+    assert ids == [
+        "meter:M0:2026-11-29T12:00:00+00:00",
+        "meter:M1:2026-11-29T12:00:00+00:00",
+        "meter:M2:2026-11-29T12:00:00+00:00",
+        "vehicle:V0:2026-11-29T12:00:00+00:00",
+        "vehicle:V1:2026-11-29T12:00:00+00:00",
+    ]
 
 
-def test_a_retried_batch_has_the_same_ids_and_another_batch_others() -> None:
-    batch = meters(READINGS_PER_MESSAGE + 10)
-    first = [msg_id for _, msg_id, _ in messages("p", "http", batch, [])]
-    retry = [msg_id for _, msg_id, _ in messages("p", "http", list(batch), [])]
-    other = [msg_id for _, msg_id, _ in messages("p", "http", batch[1:], [])]
-    assert first == retry
-    assert len(set(first)) == 2
-    assert not set(first) & set(other)
+def test_a_backlog_in_the_earlier_one_message_per_request_form_is_read() -> None:
+    sent = meters(2)
+    rows = [[m.meter_id, m.timestamp.isoformat(), m.kwh_consumed_ac, m.voltage] for m in sent]
+    old = Message("energy.readings.http", orjson.dumps({"meters": rows, "vehicles": []}))
+    batch, good, bad = decode([old], "energy.readings")
+    assert (batch.meters, batch.vehicles, good, bad) == (sent, [], [old], [])
 
 
 def test_a_message_without_readings_is_set_apart() -> None:
-    received: list[Any] = [Message("energy.readings.http", b"not json"), Message("x", b"{}")]
+    received: list[Any] = [
+        Message("energy.readings.http", b"not json"),
+        Message("x", b"{}"),
+        Message("energy.readings.http", b'["x", "M1"]'),
+    ]
     batch, good, bad = decode(received, "energy.readings")
     assert (batch.meters, batch.vehicles, good, bad) == ([], [], [], received)

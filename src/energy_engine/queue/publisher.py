@@ -1,35 +1,40 @@
-"""The ingest side of queue mode: a request's readings published to JetStream.
+"""The ingest side of queue mode: each reading published to JetStream as its own message.
 
 `Publisher` takes the group-commit writer's place as `app.state.writer`, so every transport
 that submits readings (HTTP, MQTT) gets queue mode. A request is answered once JetStream has
 stored all its readings (each on the stream's replicas), so nothing acknowledged can be lost.
-A message holds a request's readings of one stream (up to READINGS_PER_MESSAGE). Its
-`Nats-Msg-Id` is `stream:device:timestamp` for a lone reading (a device's own POST), else a
-digest of its readings: a request retried within the stream's duplicate window is stored once there,
-and PostgreSQL's inserts, idempotent on (device, timestamp), store each reading once whatever
-the stream holds.
+Every message's `Nats-Msg-Id` is `stream:device:timestamp`: a reading published again within
+the stream's duplicate window (a retried request, the same reading in another batch, a request
+half stored when the stream filled up) is stored there once, and PostgreSQL's inserts,
+idempotent on (device, timestamp), store each reading once whatever the stream holds.
 
-The messages of a request are published without waiting for each other's acknowledgement (one
-round trip for the whole batch). Those that fail for a reason that passes (the connection lost and
-being re-established, a stream leader being elected, no answer in time) are published again
-until `queue_publish_timeout` has passed; the message id makes a retry of one that was in fact
-stored harmless. A stream at its limits refuses at once: the client is told to retry later.
+A request's messages are published without waiting for each other's acknowledgement (one
+round trip for the whole request). Those that fail for a reason that passes (the connection
+lost and being re-established, a stream leader being elected, no answer in time) are published
+again until `queue_publish_timeout` has passed; the message id makes a retry of one that was in
+fact stored harmless. A stream at its limits refuses at once: the client is told to retry later.
+
+Publishing is written on nats-py's core `publish` with one wildcard reply subscription instead
+of `JetStreamContext.publish`: that one awaits a request (a reply subscription, a future and a
+timer) per message, 100-200 us of Python each, which would cap a process near 5,000-10,000
+readings/s; this costs about 11 us a reading (one core of this machine, acknowledgements
+included), and nats-py's `publish_async` fails no future when the stream refuses a message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC
 
 import nats.errors
 import orjson
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from energy_engine.ingest.models import MeterReading, Queued, VehicleReading
 from energy_engine.ingest.writer import Overloaded
@@ -44,11 +49,11 @@ MSG_ID = "Nats-Msg-Id"
 # max_msgs (discard policy new), or the server out of JetStream storage.
 STORE_REFUSED = (10077, 10047, 10023)
 RETRY_PAUSE_S = 0.25
-# Readings per message. nats-py spends 100-200 us of Python per published message (1,000
-# one-reading messages: 0.1 s with publish_async, 0.2 s with gathered publish, on one core of
-# this machine), which would cap a process near 5,000-10,000 readings/s; a message per request
-# (cut at this size, well under NATS's 1 MB max_payload) costs one publish however large.
-READINGS_PER_MESSAGE = 1000
+# How long a round of publishes waits for its acknowledgements before publishing the
+# unanswered ones again (a message lost with a broken connection is never answered).
+ROUND_WAIT_S = 2.0
+
+Message = tuple[str, str, bytes]  # (subject, message id, body)
 
 
 def subject(prefix: str, transport: str) -> str:
@@ -56,20 +61,9 @@ def subject(prefix: str, transport: str) -> str:
     return f"{prefix}.{transport}"
 
 
-def _key(reading: MeterReading | VehicleReading) -> str:
-    """`stream:device:timestamp`, the instant in UTC (two spellings of one time are one key)."""
-    at = reading.timestamp.astimezone(UTC).isoformat()
-    if isinstance(reading, MeterReading):
-        return f"meter:{reading.meter_id}:{at}"
-    return f"vehicle:{reading.vehicle_id}:{at}"
-
-
-def message_id(readings: Sequence[MeterReading | VehicleReading], body: bytes) -> str:
-    """The message's `Nats-Msg-Id`: a lone reading's key, else a digest of the message's body
-    (its readings, as validated), so that a retried request is stored once in the stream."""
-    if len(readings) == 1:
-        return _key(readings[0])
-    return "readings:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+def _at(reading: MeterReading | VehicleReading) -> str:
+    """The instant in UTC (two spellings of one time are one key)."""
+    return reading.timestamp.astimezone(UTC).isoformat()
 
 
 def messages(
@@ -77,25 +71,40 @@ def messages(
     transport: str,
     meters: Sequence[MeterReading],
     vehicles: Sequence[VehicleReading],
-) -> list[tuple[str, str, bytes]]:
-    """(subject, message id, body) of each message holding a request's readings: one stream
-    a message, up to READINGS_PER_MESSAGE each, as compact JSON rows (`queue.worker.decode`
-    reads them back)."""
+) -> list[Message]:
+    """One message per reading: its id `meter:<id>:<UTC instant>` or `vehicle:...`, and its
+    body a compact JSON row led by the stream's letter (`queue.worker.decode` reads it back)."""
     topic = subject(prefix, transport)
-    out = []
-    for start in range(0, len(meters), READINGS_PER_MESSAGE):
-        chunk_m = meters[start : start + READINGS_PER_MESSAGE]
-        rows = [(r.meter_id, r.timestamp, r.kwh_consumed_ac, r.voltage) for r in chunk_m]
-        body = orjson.dumps({"meters": rows, "vehicles": []})
-        out.append((topic, message_id(chunk_m, body), body))
-    for start in range(0, len(vehicles), READINGS_PER_MESSAGE):
-        chunk_v = vehicles[start : start + READINGS_PER_MESSAGE]
-        vehicle_rows = [
-            (r.vehicle_id, r.timestamp, r.soc, r.kwh_delivered_dc, r.battery_temp) for r in chunk_v
-        ]
-        body = orjson.dumps({"meters": [], "vehicles": vehicle_rows})
-        out.append((topic, message_id(chunk_v, body), body))
+    out: list[Message] = []
+    for m in meters:
+        at = _at(m)
+        body = orjson.dumps(("m", m.meter_id, at, m.kwh_consumed_ac, m.voltage))
+        out.append((topic, f"meter:{m.meter_id}:{at}", body))
+    for v in vehicles:
+        at = _at(v)
+        row = ("v", v.vehicle_id, at, v.soc, v.kwh_delivered_dc, v.battery_temp)
+        out.append((topic, f"vehicle:{v.vehicle_id}:{at}", orjson.dumps(row)))
     return out
+
+
+@dataclass(slots=True)
+class _Round:
+    """The answers awaited for one request's publishes: index -> JetStream's answer."""
+
+    waiting: int
+    answers: dict[int, Msg] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _refusal(answer: Msg) -> tuple[int, str] | None:
+    """JetStream's error code and description when `answer` refuses the message, else None
+    (stored, or stored before: a duplicate)."""
+    if answer.headers and answer.headers.get("Status"):  # e.g. 503: no stream leader yet
+        return 0, f"status {answer.headers['Status']} {answer.headers.get('Description', '')}"
+    if b'"error"' not in answer.data:
+        return None
+    error = orjson.loads(answer.data).get("error", {})
+    return int(error.get("err_code", 0)), str(error.get("description", "error"))
 
 
 class QueueFull(Overloaded):
@@ -105,12 +114,22 @@ class QueueFull(Overloaded):
 class Publisher:
     """Publishes readings to the JetStream stream; answers once all are stored."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, settings: Settings) -> None:
+    def __init__(self, nc: Client, settings: Settings) -> None:
         self._nc = nc
-        self._js = js
         self._settings = settings
         self._in_flight = 0
         self._retry_after = max(1, round(settings.unavailable_retry_after.total_seconds()))
+        self._inbox = nc.new_inbox()
+        self._rounds: dict[str, _Round] = {}
+        self._next_round = 0
+        self._replies: Subscription | None = None
+
+    @classmethod
+    async def open(cls, nc: Client, settings: Settings) -> Publisher:
+        """A publisher on `nc`, subscribed to its acknowledgements."""
+        publisher = cls(nc, settings)
+        publisher._replies = await nc.subscribe(publisher._inbox + ".*.*", cb=publisher._answer)
+        return publisher
 
     @property
     def queued(self) -> int:
@@ -136,52 +155,70 @@ class Publisher:
         metrics.count_queued(transport, "vehicle", len(vehicles))
         return Queued(queued=size)
 
-    async def _publish_all(self, messages: list[tuple[str, str, bytes]]) -> None:
+    async def _answer(self, msg: Msg) -> None:
+        """JetStream's answer to one publish, `<inbox>.<round>.<index>`."""
+        _, name, index = msg.subject.rsplit(".", 2)
+        pending = self._rounds.get(name)
+        if pending is None or int(index) in pending.answers:
+            return  # a round given up, or an answer to a publish made twice
+        pending.answers[int(index)] = msg
+        if len(pending.answers) == pending.waiting:
+            pending.done.set()
+
+    async def _publish_all(self, messages: list[Message]) -> None:
+        if not messages:
+            return
         deadline = time.monotonic() + self._settings.queue_publish_timeout.total_seconds()
         waiting = messages
         while True:
             left = deadline - time.monotonic()
-            failed, last = await self._publish(waiting, left) if left > 0 else (waiting, None)
+            failed, last = (
+                await self._publish(waiting, min(left, ROUND_WAIT_S))
+                if left > 0
+                else (waiting, "no answer in time")
+            )
             if not failed:
                 return
             if time.monotonic() + RETRY_PAUSE_S >= deadline:
                 log.warning("%d messages not stored by JetStream in time: %s", len(failed), last)
                 raise Overloaded(
-                    f"the queue is unavailable ({type(last).__name__ if last else 'timeout'}); "
-                    "retry shortly",
-                    self._retry_after,
+                    f"the queue is unavailable ({last}); retry shortly", self._retry_after
                 )
             await asyncio.sleep(RETRY_PAUSE_S)
             waiting = failed
 
-    async def _publish(
-        self, messages: list[tuple[str, str, bytes]], wait_s: float
-    ) -> tuple[list[tuple[str, str, bytes]], BaseException | None]:
-        """Publish `messages` at once; those to publish again, and the last error."""
-        # Concurrent `publish` calls (each a request awaiting its acknowledgement) rather than
-        # nats-py's `publish_async`: its reply handler raises a refusal (a full stream) inside
-        # the subscription callback instead of failing the future, which then never resolves.
-        answers = await asyncio.gather(
-            *(
-                self._js.publish(topic, payload, timeout=wait_s, headers={MSG_ID: msg_id})
-                for topic, msg_id, payload in messages
-            ),
-            return_exceptions=True,
-        )
+    async def _publish(self, messages: list[Message], wait_s: float) -> tuple[list[Message], str]:
+        """Publish `messages` at once; those to publish again, and why the last one failed."""
+        name = str(self._next_round)
+        self._next_round += 1
+        pending = self._rounds[name] = _Round(len(messages))
+        reply = f"{self._inbox}.{name}."
+        try:
+            try:
+                for index, (topic, msg_id, body) in enumerate(messages):
+                    await self._nc.publish(
+                        topic, body, reply=f"{reply}{index}", headers={MSG_ID: msg_id}
+                    )
+                await asyncio.wait_for(pending.done.wait(), wait_s)
+            except (nats.errors.Error, OSError, TimeoutError) as exc:  # reconnecting, or
+                # answers missing: those are published again
+                why = f"{type(exc).__name__} {exc}".strip()
+            else:
+                why = "no answer in time"
+        finally:
+            del self._rounds[name]
         failed = []
-        last: BaseException | None = None
-        for message, answer in zip(messages, answers, strict=True):
-            if not isinstance(answer, BaseException):
-                continue
-            if isinstance(answer, APIError) and answer.err_code in STORE_REFUSED:
-                raise QueueFull(
-                    f"the queue is full ({answer.description}); retry shortly", self._retry_after
-                )
-            if not isinstance(answer, nats.errors.Error | OSError | TimeoutError):
-                raise answer  # a bug, not an outage
-            last = answer
+        for index, message in enumerate(messages):
+            answer = pending.answers.get(index)
+            refusal = None if answer is None else _refusal(answer)
+            if answer is not None and refusal is None:
+                continue  # stored
+            if refusal is not None:
+                code, why = refusal
+                if code in STORE_REFUSED:
+                    raise QueueFull(f"the queue is full ({why}); retry shortly", self._retry_after)
             failed.append(message)
-        return failed, last
+        return failed, why
 
     async def close(self) -> None:
         """Close the connection (every request has been answered by now)."""

@@ -97,8 +97,8 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.queue_ack_wait.total_seconds(),
         max_deliver=-1,
-        # Fetched and unacknowledged at once over every worker: a few batches each.
-        max_ack_pending=max(10_000, 8 * settings.queue_batch),
+        # Pulled and not yet acknowledged, over every worker: a few commits' worth.
+        max_ack_pending=max(10_000, 4 * settings.writer_connections * settings.max_flush_readings),
     )
 
 
@@ -119,8 +119,8 @@ async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Lag:
-    """Messages in the stream the workers have not committed (each one reading or up to
-    1,000 of one request): not yet fetched, and fetched but not yet acknowledged."""
+    """Messages in the stream the workers have not committed (a reading each): not yet
+    fetched, and fetched but not yet acknowledged."""
 
     pending: int
     unacknowledged: int

@@ -1,6 +1,7 @@
 """`energy-engine worker`: readings from the JetStream stream into PostgreSQL.
 
-Each loop fetches a batch from the shared durable consumer, writes it with the ingest write
+Each loop pulls a batch of messages (one reading each) from the shared durable consumer,
+writes it with the ingest write
 path (`ingest.store.write_readings`: one transaction) and acknowledges every message after the
 commit. A worker that dies before acknowledging leaves its batch to be delivered again after
 `queue_ack_wait`; one that dies after the commit but before the acknowledgements has its batch
@@ -22,8 +23,9 @@ from typing import Any
 
 import nats.errors
 import orjson
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+from nats.aio.subscription import Subscription
 
 from energy_engine import db
 from energy_engine.errors import outage
@@ -31,13 +33,12 @@ from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.observability import metrics
 from energy_engine.queue import stream
-from energy_engine.queue.publisher import READINGS_PER_MESSAGE as PER_MESSAGE
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FETCH_WAIT_S = 1.0  # how long a fetch waits for readings before the loop looks round
-MORE_WAIT_S = 0.01  # how long a fetch topping up a batch waits: only what is there
+ANSWER_WAIT_S = 2.0  # how long a pull of what is there waits for JetStream's answer
 MAX_BACKOFF_S = 5.0  # the longest pause (and redelivery delay) after a failed write
 
 
@@ -79,6 +80,20 @@ def _vehicles(rows: list[list[Any]]) -> list[VehicleReading]:
     ]
 
 
+def _rows(data: Any) -> tuple[list[list[Any]], list[list[Any]]]:
+    """The meter and vehicle rows of a message: one reading `["m"|"v", ...]`, or a request's
+    `{"meters": [...], "vehicles": [...]}` as an earlier version published them (read so that
+    a backlog left in the stream by it is written after an upgrade)."""
+    if isinstance(data, list):
+        kind, *row = data
+        if kind == "m":
+            return [row], []
+        if kind == "v":
+            return [], [row]
+        raise ValueError(f"unknown stream {kind!r}")
+    return data["meters"], data["vehicles"]
+
+
 def decode(messages: Sequence[Msg], prefix: str) -> tuple[Batch, list[Msg], list[Msg]]:
     """The batch of readings, the messages it holds and those that hold no readings."""
     batch = Batch()
@@ -89,8 +104,8 @@ def decode(messages: Sequence[Msg], prefix: str) -> tuple[Batch, list[Msg], list
     for msg in messages:
         transport = msg.subject.removeprefix(prefix + ".")
         try:
-            data = orjson.loads(msg.data)
-            meters, vehicles = _meters(data["meters"]), _vehicles(data["vehicles"])
+            meter_rows, vehicle_rows = _rows(orjson.loads(msg.data))
+            meters, vehicles = _meters(meter_rows), _vehicles(vehicle_rows)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("dropping a message on %s that holds no readings: %s", msg.subject, exc)
             bad.append(msg)
@@ -104,9 +119,62 @@ def decode(messages: Sequence[Msg], prefix: str) -> tuple[Batch, list[Msg], list
     return batch, good, bad
 
 
-def _readings_in(msg: Msg) -> int:
-    """Readings a message holds, from its size (about 80 bytes each), for sizing fetches."""
-    return max(1, len(msg.data) // 80)
+class Puller:
+    """Pulls messages from the durable consumer into a callback subscription.
+
+    Written on nats-py's core publish and subscribe instead of its `PullSubscription.fetch`,
+    which awaits each message with its own timer task: about 40 us of Python a message, against
+    about 9 here (pull and acknowledgement, one core of this machine), with a message per
+    reading. JetStream answers a pull with the messages there are, up to the batch asked for,
+    and a status message (404 none left, 408 the wait expired, 409 the consumer changed) when
+    it stops short. Every message delivered to the inbox is this loop's to write, whichever pull
+    it answers; a status only ends the wait.
+    """
+
+    def __init__(self, nc: Client, settings: Settings) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{settings.queue_stream}.{settings.queue_consumer}"
+        self._inbox = nc.new_inbox()
+        self._got: list[Msg] = []
+        self._wanted = 0
+        self._answered = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def open(self) -> None:
+        """Subscribe to the inbox the pulls are answered on."""
+        self._sub = await self._nc.subscribe(self._inbox, cb=self._received)
+
+    async def close(self) -> None:
+        """Stop listening (messages pulled and not acknowledged are delivered again)."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def _received(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get("Status"):
+            self._answered.set()
+            return
+        self._got.append(msg)
+        if len(self._got) >= self._wanted:
+            self._answered.set()
+
+    async def _pull(self, request: dict[str, Any], wait_s: float) -> list[Msg]:
+        self._wanted = len(self._got) + request["batch"]
+        self._answered.clear()
+        await self._nc.publish(self._next, orjson.dumps(request), reply=self._inbox)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answered.wait(), wait_s)
+        got, self._got = self._got, []
+        return got
+
+    async def fetch(self, batch: int, wait_s: float) -> list[Msg]:
+        """What is there, up to `batch` messages; when nothing is, the first message to come
+        within `wait_s` (an empty list when none does)."""
+        got = await self._pull({"batch": batch, "no_wait": True}, ANSWER_WAIT_S)
+        if got:
+            return got
+        expires = int(wait_s * 1e9)  # nanoseconds
+        return await self._pull({"batch": 1, "expires": expires}, wait_s + ANSWER_WAIT_S)
 
 
 def _count(batch: Batch, new_meters: list[int], new_vehicles: list[int]) -> None:
@@ -129,8 +197,8 @@ def _count(batch: Batch, new_meters: list[int], new_vehicles: list[int]) -> None
 class Worker:
     """Writes the stream's readings to PostgreSQL with `loops` fetch-write-ack loops."""
 
-    def __init__(self, js: JetStreamContext, pool: db.Pool, settings: Settings) -> None:
-        self._js = js
+    def __init__(self, nc: Client, pool: db.Pool, settings: Settings) -> None:
+        self._nc = nc
         self._pool = pool
         self._settings = settings
         self.written = 0  # messages committed and acknowledged, for tests and logs
@@ -140,14 +208,20 @@ class Worker:
         await asyncio.gather(*(self._loop() for _ in range(loops)))
 
     async def _loop(self) -> None:
-        settings = self._settings
-        sub = await self._js.pull_subscribe_bind(settings.queue_consumer, settings.queue_stream)
+        puller = Puller(self._nc, self._settings)
+        await puller.open()
+        try:
+            await self._pull_and_write(puller)
+        finally:
+            await puller.close()
+
+    async def _pull_and_write(self, puller: Puller) -> None:
         failures = 0
         while True:
             try:
-                messages = await self._fetch(sub)
-            except (nats.errors.Error, OSError, TimeoutError) as exc:  # reconnecting, or a
-                # stream leader being elected: the connection comes back by itself
+                messages = await self._fetch(puller)
+            except (nats.errors.Error, OSError) as exc:  # reconnecting: the connection comes
+                # back by itself
                 log.warning("fetch failed: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -159,30 +233,16 @@ class Worker:
             failures += 1
             await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2**failures))
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """Messages for one commit: what is there, up to about max_flush_readings readings
-        (messages hold one reading or a whole request's)."""
-        settings = self._settings
-        # The first ask assumes whole requests' messages (the most readings a message holds);
-        # a batch of lone readings is topped up below.
-        first = max(1, min(settings.queue_batch, settings.max_flush_readings // PER_MESSAGE))
-        try:
-            messages = await sub.fetch(first, timeout=FETCH_WAIT_S)
-        except nats.errors.TimeoutError:
-            return []
-        readings = sum(_readings_in(m) for m in messages)
-        asked, got = first, len(messages)
-        while got == asked and readings < settings.max_flush_readings:
-            per_message = readings / len(messages)
-            left = settings.max_flush_readings - readings
-            asked = max(1, min(settings.queue_batch, int(left / per_message)))
-            try:
-                more = await sub.fetch(asked, timeout=MORE_WAIT_S)
-            except nats.errors.TimeoutError:
+    async def _fetch(self, puller: Puller) -> list[Msg]:
+        """Messages for one commit: what is there, up to max_flush_readings."""
+        most = self._settings.max_flush_readings
+        batch = min(self._settings.queue_batch, most)
+        messages = await puller.fetch(batch, FETCH_WAIT_S)
+        while messages and len(messages) % batch == 0 and len(messages) < most:
+            more = await puller.fetch(min(batch, most - len(messages)), 0)
+            if not more:
                 break
-            got = len(more)
             messages += more
-            readings += sum(_readings_in(m) for m in more)
         return messages
 
     async def _write(self, messages: list[Msg]) -> bool:
@@ -225,7 +285,7 @@ async def run(settings: Settings, url: str, ready: asyncio.Event | None = None) 
         js = stream.jetstream(nc, settings)
         await stream.ensure_stream(js, settings)
         pool = await db.create_writer_pool(url, settings)
-        worker = Worker(js, pool, settings)
+        worker = Worker(nc, pool, settings)
         log.info(
             "worker writing stream %s (consumer %s) with %d connections",
             settings.queue_stream,
