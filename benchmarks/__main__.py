@@ -40,6 +40,13 @@ def bench(
         typer.Option(help="Measure on this PostgreSQL server (default: a fresh embedded one)."),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Engine processes to measure.")] = 1,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows to measure, comma-separated (e.g. 18,19,20), with the rows they are "
+            "measured against; write them somewhere other than RESULTS.md."
+        ),
+    ] = None,
 ) -> None:
     """Run every scenario, write the page to `out` and print it."""
     console = Console(stderr=True)
@@ -48,7 +55,16 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="energy-bench-") as work:
         make = scenarios.Options.quick if quick else scenarios.Options
         options = make(scripts=scripts.resolve(), work=Path(work), database_url=database_url)
-        options = dataclasses.replace(options, workers=workers)
+        rows_wanted = None
+        if only is not None:
+            try:
+                rows_wanted = frozenset(int(row) for row in only.split(","))
+            except ValueError:
+                typer.echo(
+                    f"error: --only takes row numbers such as 18,19,20, not {only!r}", err=True
+                )
+                raise typer.Exit(2) from None
+        options = dataclasses.replace(options, workers=workers, only=rows_wanted)
         try:
             rows, postgres = scenarios.run_all(options, console)
         except harness.BenchError as exc:

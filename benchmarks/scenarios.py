@@ -77,6 +77,8 @@ class Options:
     fleet_size: int = 10_000  # meters and vehicles × 24 h for the fleet ranking (8 to 10)
     fleet_requests: int = 15
     mqtt_readings: int = 1_000_000  # scenario 18: published per run, 100 a message
+    only: frozenset[int] | None = None  # the rows to measure (with those they are measured
+    # against, `wanted`); None: all
 
     @classmethod
     def quick(cls, scripts: Path, work: Path, database_url: str | None = None) -> Options:
@@ -126,9 +128,37 @@ def _postgres(options: Options) -> Iterator[str]:
         yield url
 
 
+# The rows a row needs measured in the same run: the ceiling or rate it is a share of, or the
+# data it reads.
+NEEDS: dict[int, tuple[int, ...]] = {
+    2: (1,),
+    5: (6,),
+    7: (6,),
+    9: (6,),
+    15: (14,),
+    16: (2, 15),
+    **dict.fromkeys((8, 10, 12, 13, 17, 18, 19, 20), (2,)),
+}
+
+
+def wanted(only: frozenset[int] | None) -> Callable[[int], bool]:
+    """Whether a row is measured: all when `only` is None, else those and what they need."""
+    if only is None:
+        return lambda _: True
+    rows, todo = set(), list(only)
+    while todo:
+        row = todo.pop()
+        if row not in rows:
+            rows.add(row)
+            todo += NEEDS.get(row, ())
+    return rows.__contains__
+
+
 def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
-    """Run every scenario; returns the rows and the PostgreSQL version measured against."""
+    """Run every scenario (or those `options.only` names); returns the rows and the PostgreSQL
+    version measured against."""
     say: Say = console.log
+    want = wanted(options.only)
     wrk = ensure_wrk()
     # The brokers of the last scenarios: missing, say so now, not after the others ran.
     brokers.ensure_binary("mosquitto", "mosquitto")
@@ -143,33 +173,52 @@ def run_all(options: Options, console: Console) -> tuple[list[Row], str]:
         raw_url, url = db.with_database(admin_url, raw_db), db.with_database(admin_url, bench_db)
         try:
             version = str(asyncio.run(_fetchval(url, "SHOW server_version")))
-            say(f"PostgreSQL {version}; scenario 1: the write statement without HTTP")
-            rows.append(_raw_ceiling(raw_url, options, say))
-            say("scenario 14: the one-stream write statement without HTTP")
-            rows.append(_stream_ceiling(raw_url, options, say))
+            say(f"PostgreSQL {version}")
+            if want(1):
+                say("scenario 1: the write statement without HTTP")
+                rows.append(_raw_ceiling(raw_url, options, say))
+            if want(14):
+                say("scenario 14: the one-stream write statement without HTTP")
+                rows.append(_stream_ceiling(raw_url, options, say))
             log = options.work / "engine.log"
-            with serve(url, workers=options.workers, log=log) as server:
-                base = server.base
-                with rss_peaks(server.pid) as peaks:
-                    rows.append(_batch_ingest(wrk, base, url, options, _rate(rows, 1), say))
-                batch_peaks = dict(peaks)
-                rows.append(_single_ingest(wrk, base, url, options, say))
-                rows.append(_open_model(base, url, options, say))
-                import_row = _seed_and_import(base, url, options, say)
-                rows.append(_analytics(wrk, base, url, options, say))
-                rows.append(import_row)
-            stream_row, stream_peaks = _stream_ingest(wrk, url, options, _rate(rows, 14), say)
-            rows.append(stream_row)
-            rows.append(_engine_rss(batch_peaks, stream_peaks, options))
-            rows.append(_auth_cost(wrk, url, options, say))
-            rows.append(asyncio.run(_storage(url)))
+            batch_peaks: dict[int, int] = {}
+            if any(map(want, (2, 3, 4, 5, 6, 9))):
+                with serve(url, workers=options.workers, log=log) as server:
+                    base = server.base
+                    if want(2):
+                        with rss_peaks(server.pid) as peaks:
+                            rows.append(_batch_ingest(wrk, base, url, options, _rate(rows, 1), say))
+                        batch_peaks = dict(peaks)
+                    if want(3):
+                        rows.append(_single_ingest(wrk, base, url, options, say))
+                    if want(4):
+                        rows.append(_open_model(base, url, options, say))
+                    if want(6):
+                        import_row = _seed_and_import(base, url, options, say)
+                        if want(5) or want(9):
+                            rows.append(_analytics(wrk, base, url, options, say))
+                        rows.append(import_row)
+            if want(15):
+                stream_row, stream_peaks = _stream_ingest(wrk, url, options, _rate(rows, 14), say)
+                rows.append(stream_row)
+                if want(16):
+                    rows.append(_engine_rss(batch_peaks, stream_peaks, options))
+            if want(11):
+                rows.append(_auth_cost(wrk, url, options, say))
+            if want(7):
+                rows.append(asyncio.run(_storage(url)))
             asyncio.run(
                 db.run_statements(admin_url, f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
             )
-            batch_rate = _rate(rows, 2)
-            rows += _fleet(wrk, admin_url, f"bench_fleet_{suffix}", options, batch_rate, say)
-            rows.append(_mqtt_ingest(admin_url, f"bench_mqtt_{suffix}", options, batch_rate, say))
-            rows += _queue(wrk, admin_url, f"bench_queue_{suffix}", options, batch_rate, say)
+            batch_rate = _rate(rows, 2) if want(2) else 0.0
+            if any(map(want, (8, 10, 12, 13, 17))):
+                rows += _fleet(wrk, admin_url, f"bench_fleet_{suffix}", options, batch_rate, say)
+            if want(18):
+                rows.append(
+                    _mqtt_ingest(admin_url, f"bench_mqtt_{suffix}", options, batch_rate, say)
+                )
+            if want(19) or want(20):
+                rows += _queue(wrk, admin_url, f"bench_queue_{suffix}", options, batch_rate, say)
         finally:
             asyncio.run(
                 db.run_statements(

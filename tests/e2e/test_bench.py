@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from benchmarks import brokers, ceilings, fleet, harness
+from benchmarks import brokers, ceilings, fleet, harness, scenarios
 from energy_engine import db, sql
 from energy_engine.analytics import store
 from energy_engine.settings import EnergySemantics, Settings
@@ -140,6 +140,15 @@ def test_a_missing_broker_is_a_bench_error_saying_what_to_install() -> None:
     with pytest.raises(harness.BenchError, match=r"apt-get install no-such-package"):
         brokers.ensure_binary("no-such-broker", "no-such-package")
     assert brokers.ensure_binary("mosquitto", "mosquitto").endswith("/mosquitto")
+
+
+def test_a_partial_run_measures_the_rows_asked_for_and_those_they_are_measured_against() -> None:
+    everything = scenarios.wanted(None)
+    assert all(everything(row) for row in range(1, 21))
+    queue = scenarios.wanted(frozenset({19, 20}))
+    assert [row for row in range(1, 21) if queue(row)] == [1, 2, 19, 20]
+    rss = scenarios.wanted(frozenset({16}))
+    assert [row for row in range(1, 21) if rss(row)] == [1, 2, 14, 15, 16]
 
 
 def test_the_engine_never_imports_the_benchmarks() -> None:
