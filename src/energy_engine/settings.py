@@ -83,6 +83,13 @@ class IngestMode(StrEnum):
     QUEUE = "queue"  # NATS JetStream: answered 202 once the stream stored them (queue/)
 
 
+class QueueMessage(StrEnum):
+    """What one JetStream message holds in queue mode (queue/publisher.py)."""
+
+    REQUEST = "request"  # a request's readings of one stream, up to 1,000: the fast form
+    READING = "reading"  # one reading, its id device:timestamp: deduplicated per reading
+
+
 class LogFormat(StrEnum):
     """How log lines are written to stderr."""
 
@@ -134,18 +141,22 @@ class Settings(BaseSettings):
     )
     queue_consumer: str = Field(default="energy-writer", pattern=r"^[A-Za-z0-9_-]+$")
     queue_replicas: int = Field(default=1, ge=1, le=5)
+    # A message per request (one id for its readings) or per reading (`device:timestamp`,
+    # deduplicated in the stream per reading, at about three times the Python per reading).
+    queue_message_per: QueueMessage = QueueMessage.REQUEST
     # The stream's limits; at either, publishing is refused and ingest answers 503. A reading
     # takes about 250 bytes in the stream (payload, subject, message id).
     queue_max_bytes: PositiveInt = 4 * 1024**3
     queue_max_messages: PositiveInt | None = None
     # A reading published twice within this window (a client's retry) is stored in the stream
-    # once (`Nats-Msg-Id`); later duplicates are still stored once by PostgreSQL.
+    # once (`Nats-Msg-Id` stream:device:timestamp); later duplicates are still stored once by
+    # PostgreSQL. nats-server holds each id of the window in memory.
     queue_duplicate_window: timedelta = Field(default=timedelta(minutes=2), gt=timedelta(0))
     # How long ingest waits for JetStream to store a request's readings, retrying through a
     # reconnect or a leader election, before answering 503.
     queue_publish_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
-    # Worker: messages per fetch (a message holds one reading or up to 1,000 of a request;
-    # a commit takes up to max_flush_readings), and how long a fetched message may stay
+    # Worker: messages (readings) per pull, pulled again while more are there up to
+    # max_flush_readings a commit; and how long a pulled message may stay
     # unacknowledged before JetStream delivers it again (a worker that died).
     queue_batch: PositiveInt = 500
     queue_ack_wait: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))

@@ -27,7 +27,7 @@ import nats
 from energy_engine.app import create_app
 from energy_engine.queue import stream
 from energy_engine.queue import worker as queue_worker
-from energy_engine.settings import IngestMode, Settings
+from energy_engine.settings import IngestMode, QueueMessage, Settings
 from tests import nats as nats_servers
 from tests.conftest import PrivatePostgres, app_client
 from tests.mosquitto import device, mosquitto
@@ -164,18 +164,24 @@ def nats_server(tmp_path: Path) -> Iterator[nats_servers.NatsServer]:
         yield server
 
 
+# Messages in the stream after the requests of the next test: a message per request holds a
+# request's meters or its vehicles (a retry is the same message, a lone reading one of its own);
+# a message per reading is that reading's wherever it is sent.
+IN_STREAM = {QueueMessage.REQUEST: 5, QueueMessage.READING: 101}
+
+
+@pytest.mark.parametrize("per", list(QueueMessage))
 async def test_readings_go_through_the_queue_into_postgresql_once(
-    nats_server: nats_servers.NatsServer, database_url: str, tmp_path: Path
+    nats_server: nats_servers.NatsServer, database_url: str, tmp_path: Path, per: QueueMessage
 ) -> None:
-    settings = queue_settings(database_url, tmp_path, [nats_server.url])
+    settings = queue_settings(database_url, tmp_path, [nats_server.url], queue_message_per=per)
     readings, keys = batch("Q", 0, 100)
     async with running(settings) as (app, client):
         first = await client.post("/v1/ingest", json=readings)
         assert first.status_code == 202
         assert first.json() == {"queued": 100}
-        # A client's retry, and a reading of the batch sent again alone, are published again
-        # and stored once in the stream (Nats-Msg-Id device:timestamp); a new reading next to
-        # one of the batch adds one message.
+        # A client's retry is stored once in the stream (Nats-Msg-Id); with a message per
+        # reading, so is a reading of the batch sent again alone or beside a new one.
         assert (await client.post("/v1/ingest", json=readings)).status_code == 202
         one = await client.post("/v1/ingest/meter", json=readings[0])
         assert one.status_code == 202
@@ -186,11 +192,12 @@ async def test_readings_go_through_the_queue_into_postgresql_once(
         keys += new_keys
         ready = await client.get("/health/ready")
         assert ready.status_code == 200
-        assert ready.json()["queueLag"] == {"messages": 101, "pending": 101, "unacknowledged": 0}
+        held = IN_STREAM[per]
+        assert ready.json()["queueLag"] == {"messages": held, "pending": held, "unacknowledged": 0}
         assert ready.json()["database"] == "ok"
         assert await stored(database_url) == {}  # nothing written before a worker runs
         metrics = (await client.get("/metrics")).text
-        assert 'energy_queue_lag_messages{state="pending"} 101.0' in metrics
+        assert f'energy_queue_lag_messages{{state="pending"}} {held}.0' in metrics
         assert 'energy_readings_total{outcome="queued",stream="meter",transport="http"}' in metrics
         async with worker(settings, database_url):
             rows = await drained(database_url, set(keys))
@@ -205,18 +212,27 @@ async def test_readings_go_through_the_queue_into_postgresql_once(
         assert answers["202"]["content"]["application/json"]["schema"]["$ref"].endswith("Queued")
 
 
+@pytest.mark.parametrize(
+    ("per", "room"),  # messages of two requests of 10 readings: their meters, their vehicles
+    [(QueueMessage.REQUEST, 4), (QueueMessage.READING, 20)],
+)
 async def test_a_full_or_unreachable_queue_answers_503_with_retry_after(
-    nats_server: nats_servers.NatsServer, database_url: str, tmp_path: Path
+    nats_server: nats_servers.NatsServer,
+    database_url: str,
+    tmp_path: Path,
+    per: QueueMessage,
+    room: int,
 ) -> None:
     settings = queue_settings(
         database_url,
         tmp_path,
         [nats_server.url],
-        queue_max_messages=20,
+        queue_message_per=per,
+        queue_max_messages=room,
         queue_publish_timeout=timedelta(seconds=1),
     )
     async with running(settings) as (_, client):
-        for number in range(2):  # a message a reading
+        for number in range(2):
             readings, _ = batch("F", number, 10)
             assert (await client.post("/v1/ingest", json=readings)).status_code == 202
         more, _ = batch("F", 2, 2)
@@ -235,12 +251,14 @@ async def test_a_full_or_unreachable_queue_answers_503_with_retry_after(
         assert (await client.get("/health/ready")).status_code == 503
 
 
+@pytest.mark.parametrize("per", list(QueueMessage))
 async def test_a_cluster_node_stopping_mid_stream_loses_and_doubles_nothing(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, per: QueueMessage
 ) -> None:
     with nats_servers.cluster(tmp_path / "nats") as servers:
+        urls = [s.url for s in servers]
         settings = queue_settings(
-            database_url, tmp_path, [s.url for s in servers], queue_replicas=3
+            database_url, tmp_path, urls, queue_replicas=3, queue_message_per=per
         )
         await _until_jetstream(settings)
         async with running(settings) as (app, client), worker(settings, database_url):
@@ -293,10 +311,11 @@ def _worker_process(settings: Settings, url: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.parametrize("per", list(QueueMessage))
 async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(
-    nats_server: nats_servers.NatsServer, database_url: str, tmp_path: Path
+    nats_server: nats_servers.NatsServer, database_url: str, tmp_path: Path, per: QueueMessage
 ) -> None:
-    settings = queue_settings(database_url, tmp_path, [nats_server.url])
+    settings = queue_settings(database_url, tmp_path, [nats_server.url], queue_message_per=per)
     async with running(settings) as (_, client):
         load = Load(client, "K", size=100)
         first = _worker_process(settings, database_url)

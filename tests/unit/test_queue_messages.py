@@ -1,17 +1,18 @@
-"""Queue mode's messages: a message per reading, identified by device and instant; what the
-API publishes is what the worker reads back, including a request's message from the earlier
-one-message-per-request form."""
+"""Queue mode's messages, in both forms (`queue_message_per`): what the API publishes is what
+the worker reads back; a request's message ids repeat with a retried request, a reading's with
+the same reading (device and instant) wherever it is sent."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from energy_engine.ingest.models import MeterReading, VehicleReading
-import orjson
+import pytest
 
-from energy_engine.queue.publisher import messages
+from energy_engine.ingest.models import MeterReading, VehicleReading
+from energy_engine.queue.publisher import READINGS_PER_MESSAGE, messages
 from energy_engine.queue.worker import decode
+from energy_engine.settings import QueueMessage
 
 AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -40,25 +41,48 @@ def vehicles(n: int) -> list[VehicleReading]:
     ]
 
 
-def test_the_worker_reads_back_what_the_api_published() -> None:
+@pytest.mark.parametrize(
+    ("per", "count"), [(QueueMessage.REQUEST, 3), (QueueMessage.READING, 1503)]
+)
+def test_the_worker_reads_back_what_the_api_published(per: QueueMessage, count: int) -> None:
     sent_meters, sent_vehicles = meters(1500), vehicles(3)
-    published = messages("energy.readings", "mqtt", sent_meters, sent_vehicles)
-    assert [topic for topic, _, _ in published] == ["energy.readings.mqtt"] * 1503
+    published = messages("energy.readings", "mqtt", sent_meters, sent_vehicles, per)
+    assert [topic for topic, _, _ in published] == ["energy.readings.mqtt"] * count
     received: list[Any] = [Message(topic, body) for topic, _, body in published]
     batch, good, bad = decode(received, "energy.readings")
     assert (good, bad) == (received, [])
     assert batch.meters == sent_meters
     assert batch.vehicles == sent_vehicles
     assert batch.transports == ["mqtt"] * 1503
+    assert max(len(m.data) for m in received) < 1024 * 1024  # NATS's default max_payload
 
 
-def test_every_reading_is_identified_by_stream_device_and_instant() -> None:
+@pytest.mark.parametrize("per", list(QueueMessage))
+def test_a_lone_reading_is_identified_by_device_and_instant(per: QueueMessage) -> None:
     (one,) = meters(1)
     same_instant = one.model_copy(update={"timestamp": AT.astimezone(timezone(timedelta(hours=2)))})
-    [(_, first, _)] = messages("p", "http", [one], [])
-    [(_, again, _)] = messages("p", "http", [same_instant], [])
+    [(_, first, _)] = messages("p", "http", [one], [], per)
+    [(_, again, _)] = messages("p", "http", [same_instant], [], per)
     assert first == again == "meter:M0:2026-11-29T12:00:00+00:00"
-    ids = [msg_id for _, msg_id, _ in messages("p", "http", meters(3), vehicles(2))]
+    [(_, vehicle_id, _)] = messages("p", "http", [], vehicles(1), per)
+    assert vehicle_id == "vehicle:V0:2026-11-29T12:00:00+00:00"
+
+
+def test_a_retried_request_has_the_same_ids_and_another_request_others() -> None:
+    batch = meters(READINGS_PER_MESSAGE + 10)
+    first = [msg_id for _, msg_id, _ in messages("p", "http", batch, [])]
+    retry = [msg_id for _, msg_id, _ in messages("p", "http", list(batch), [])]
+    other = [msg_id for _, msg_id, _ in messages("p", "http", batch[1:], [])]
+    assert first == retry
+    assert len(set(first)) == 2
+    assert not set(first) & set(other)
+
+
+def test_a_message_per_reading_is_identified_by_its_reading_wherever_it_is_sent() -> None:
+    ids = [
+        msg_id
+        for _, msg_id, _ in messages("p", "http", meters(3), vehicles(2), QueueMessage.READING)
+    ]
     assert ids == [
         "meter:M0:2026-11-29T12:00:00+00:00",
         "meter:M1:2026-11-29T12:00:00+00:00",
@@ -66,14 +90,8 @@ def test_every_reading_is_identified_by_stream_device_and_instant() -> None:
         "vehicle:V0:2026-11-29T12:00:00+00:00",
         "vehicle:V1:2026-11-29T12:00:00+00:00",
     ]
-
-
-def test_a_backlog_in_the_earlier_one_message_per_request_form_is_read() -> None:
-    sent = meters(2)
-    rows = [[m.meter_id, m.timestamp.isoformat(), m.kwh_consumed_ac, m.voltage] for m in sent]
-    old = Message("energy.readings.http", orjson.dumps({"meters": rows, "vehicles": []}))
-    batch, good, bad = decode([old], "energy.readings")
-    assert (batch.meters, batch.vehicles, good, bad) == (sent, [], [old], [])
+    elsewhere = messages("p", "mqtt", meters(3)[1:2], [], QueueMessage.READING)
+    assert [msg_id for _, msg_id, _ in elsewhere] == [ids[1]]
 
 
 def test_a_message_without_readings_is_set_apart() -> None:

@@ -1,12 +1,19 @@
-"""The ingest side of queue mode: each reading published to JetStream as its own message.
+"""The ingest side of queue mode: a request's readings published to JetStream.
 
 `Publisher` takes the group-commit writer's place as `app.state.writer`, so every transport
 that submits readings (HTTP, MQTT) gets queue mode. A request is answered once JetStream has
 stored all its readings (each on the stream's replicas), so nothing acknowledged can be lost.
-Every message's `Nats-Msg-Id` is `stream:device:timestamp`: a reading published again within
-the stream's duplicate window (a retried request, the same reading in another batch, a request
-half stored when the stream filled up) is stored there once, and PostgreSQL's inserts,
-idempotent on (device, timestamp), store each reading once whatever the stream holds.
+
+What a message holds is a setting (`queue_message_per`):
+- `request` (default): a request's readings of one stream, up to READINGS_PER_MESSAGE. Its
+  `Nats-Msg-Id` is `stream:device:timestamp` for a lone reading, else a digest of its readings:
+  a request retried within the stream's duplicate window is stored there once.
+- `reading`: one reading, its `Nats-Msg-Id` `stream:device:timestamp`: a reading sent again
+  within the window is stored once in the stream whatever request it comes back in, and a
+  request refused half-way (a full stream) can be retried whole. It costs about three times
+  the Python per reading, in the API and in the worker (docs/scaling.md).
+Either way PostgreSQL's inserts, idempotent on (device, timestamp), store each reading once
+whatever the stream holds.
 
 A request's messages are published without waiting for each other's acknowledgement (one
 round trip for the whole request). Those that fail for a reason that passes (the connection
@@ -16,14 +23,15 @@ fact stored harmless. A stream at its limits refuses at once: the client is told
 
 Publishing is written on nats-py's core `publish` with one wildcard reply subscription instead
 of `JetStreamContext.publish`: that one awaits a request (a reply subscription, a future and a
-timer) per message, 100-200 us of Python each, which would cap a process near 5,000-10,000
-readings/s; this costs about 11 us a reading (one core of this machine, acknowledgements
-included), and nats-py's `publish_async` fails no future when the stream refuses a message.
+timer) per message, 100-200 us of Python each, against about 11 us here (one core of this
+machine, acknowledgement included); and nats-py's `publish_async` fails no future when the
+stream refuses a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -40,7 +48,7 @@ from energy_engine.ingest.models import MeterReading, Queued, VehicleReading
 from energy_engine.ingest.writer import Overloaded
 from energy_engine.observability import metrics
 from energy_engine.queue import stream
-from energy_engine.settings import Settings
+from energy_engine.settings import QueueMessage, Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,8 @@ RETRY_PAUSE_S = 0.25
 # How long a round of publishes waits for its acknowledgements before publishing the
 # unanswered ones again (a message lost with a broken connection is never answered).
 ROUND_WAIT_S = 2.0
+# Readings per message of the `request` form: well under NATS's 1 MB max_payload.
+READINGS_PER_MESSAGE = 1000
 
 Message = tuple[str, str, bytes]  # (subject, message id, body)
 
@@ -66,15 +76,54 @@ def _at(reading: MeterReading | VehicleReading) -> str:
     return reading.timestamp.astimezone(UTC).isoformat()
 
 
+def _key(reading: MeterReading | VehicleReading) -> str:
+    """`stream:device:timestamp`."""
+    if isinstance(reading, MeterReading):
+        return f"meter:{reading.meter_id}:{_at(reading)}"
+    return f"vehicle:{reading.vehicle_id}:{_at(reading)}"
+
+
+def message_id(readings: Sequence[MeterReading | VehicleReading], body: bytes) -> str:
+    """A `request` message's `Nats-Msg-Id`: a lone reading's key, else a digest of the
+    message's body (its readings, as validated), so that a retried request is stored once."""
+    if len(readings) == 1:
+        return _key(readings[0])
+    return "readings:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
 def messages(
     prefix: str,
     transport: str,
     meters: Sequence[MeterReading],
     vehicles: Sequence[VehicleReading],
+    per: QueueMessage = QueueMessage.REQUEST,
 ) -> list[Message]:
-    """One message per reading: its id `meter:<id>:<UTC instant>` or `vehicle:...`, and its
-    body a compact JSON row led by the stream's letter (`queue.worker.decode` reads it back)."""
+    """(subject, message id, body) of each message holding a request's readings
+    (`queue.worker.decode` reads them back)."""
     topic = subject(prefix, transport)
+    if per is QueueMessage.READING:
+        return _per_reading(topic, meters, vehicles)
+    out = []
+    for start in range(0, len(meters), READINGS_PER_MESSAGE):
+        chunk_m = meters[start : start + READINGS_PER_MESSAGE]
+        rows = [(r.meter_id, r.timestamp, r.kwh_consumed_ac, r.voltage) for r in chunk_m]
+        body = orjson.dumps({"meters": rows, "vehicles": []})
+        out.append((topic, message_id(chunk_m, body), body))
+    for start in range(0, len(vehicles), READINGS_PER_MESSAGE):
+        chunk_v = vehicles[start : start + READINGS_PER_MESSAGE]
+        vehicle_rows = [
+            (r.vehicle_id, r.timestamp, r.soc, r.kwh_delivered_dc, r.battery_temp) for r in chunk_v
+        ]
+        body = orjson.dumps({"meters": [], "vehicles": vehicle_rows})
+        out.append((topic, message_id(chunk_v, body), body))
+    return out
+
+
+def _per_reading(
+    topic: str, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
+) -> list[Message]:
+    """The `reading` form: a compact JSON row led by the stream's letter, id `meter:<id>:<UTC
+    instant>` or `vehicle:...`."""
     out: list[Message] = []
     for m in meters:
         at = _at(m)
@@ -146,9 +195,9 @@ class Publisher:
         size = len(meters) + len(vehicles)
         self._in_flight += size
         try:
-            await self._publish_all(
-                messages(self._settings.queue_subject_prefix, transport, meters, vehicles)
-            )
+            settings = self._settings
+            prefix, per = settings.queue_subject_prefix, settings.queue_message_per
+            await self._publish_all(messages(prefix, transport, meters, vehicles, per))
         finally:
             self._in_flight -= size
         metrics.count_queued(transport, "meter", len(meters))

@@ -1,7 +1,7 @@
 """`energy-engine worker`: readings from the JetStream stream into PostgreSQL.
 
-Each loop pulls a batch of messages (one reading each) from the shared durable consumer,
-writes it with the ingest write
+Each loop pulls a batch of messages (each a request's readings or one reading) from the shared
+durable consumer, writes it with the ingest write
 path (`ingest.store.write_readings`: one transaction) and acknowledges every message after the
 commit. A worker that dies before acknowledging leaves its batch to be delivered again after
 `queue_ack_wait`; one that dies after the commit but before the acknowledgements has its batch
@@ -33,6 +33,7 @@ from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.observability import metrics
 from energy_engine.queue import stream
+from energy_engine.queue.publisher import READINGS_PER_MESSAGE as PER_MESSAGE
 from energy_engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ def decode(messages: Sequence[Msg], prefix: str) -> tuple[Batch, list[Msg], list
     return batch, good, bad
 
 
+def _readings_in(msg: Msg) -> int:
+    """Readings a message holds, from its size (about 80 bytes each), for sizing pulls."""
+    return max(1, len(msg.data) // 80)
+
+
 class Puller:
     """Pulls messages from the durable consumer into a callback subscription.
 
@@ -171,7 +177,7 @@ class Puller:
         """What is there, up to `batch` messages; when nothing is, the first message to come
         within `wait_s` (an empty list when none does)."""
         got = await self._pull({"batch": batch, "no_wait": True}, ANSWER_WAIT_S)
-        if got:
+        if got or wait_s <= 0:
             return got
         expires = int(wait_s * 1e9)  # nanoseconds
         return await self._pull({"batch": 1, "expires": expires}, wait_s + ANSWER_WAIT_S)
@@ -234,15 +240,23 @@ class Worker:
             await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2**failures))
 
     async def _fetch(self, puller: Puller) -> list[Msg]:
-        """Messages for one commit: what is there, up to max_flush_readings."""
-        most = self._settings.max_flush_readings
-        batch = min(self._settings.queue_batch, most)
-        messages = await puller.fetch(batch, FETCH_WAIT_S)
-        while messages and len(messages) % batch == 0 and len(messages) < most:
-            more = await puller.fetch(min(batch, most - len(messages)), 0)
-            if not more:
-                break
+        """Messages for one commit: what is there, up to about max_flush_readings readings
+        (a message holds one reading or a request's, `queue_message_per`)."""
+        settings = self._settings
+        most = settings.max_flush_readings
+        # The first pull assumes whole requests' messages (the most readings a message holds);
+        # lone readings' are topped up below.
+        asked = max(1, min(settings.queue_batch, most // PER_MESSAGE))
+        messages = await puller.fetch(asked, FETCH_WAIT_S)
+        readings = sum(_readings_in(m) for m in messages)
+        got = len(messages)
+        while got == asked and readings < most:
+            per_message = readings / len(messages)
+            asked = max(1, min(settings.queue_batch, int((most - readings) / per_message)))
+            more = await puller.fetch(asked, 0)
+            got = len(more)
             messages += more
+            readings += sum(_readings_in(m) for m in more)
         return messages
 
     async def _write(self, messages: list[Msg]) -> bool:
