@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     # How long ingest waits for JetStream to store a request's readings, retrying through a
     # reconnect or a leader election, before answering 503.
     queue_publish_timeout: timedelta = Field(default=timedelta(seconds=10), gt=timedelta(0))
-    # Worker: messages (readings) per pull, pulled again while more are there up to
-    # max_flush_readings a commit; and how long a pulled message may stay
+    # Worker: messages per pull, pulled again while more are there up to max_flush_readings
+    # readings a commit; and how long a pulled message may stay
     # unacknowledged before JetStream delivers it again (a worker that died).
     queue_batch: PositiveInt = 500
     queue_ack_wait: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
