@@ -61,6 +61,16 @@ def _sensor_values(reading: MeterReading | VehicleReading) -> list[tuple[str, fl
     return [("soc", reading.soc), ("batteryTemp", reading.battery_temp)]
 
 
+def _underflow(readings: Sequence[MeterReading | VehicleReading]) -> bool:
+    """Whether any sensor value is non-zero and too small for `real` (validation refuses NaN
+    and infinities, so the smallest non-zero magnitude decides)."""
+    meters = [r for r in readings if isinstance(r, MeterReading)]
+    vehicles = [r for r in readings if isinstance(r, VehicleReading)]
+    values = [r.voltage for r in meters] + [r.soc for r in vehicles]
+    values += [r.battery_temp for r in vehicles]
+    return min(filter(None, map(abs, values)), default=1.0) <= _REAL_UNDERFLOW
+
+
 @dataclass(frozen=True, slots=True)
 class ReadingParser(Generic[R]):
     """Validates one reading or a JSON array of them against one item type."""
@@ -126,6 +136,11 @@ class ReadingParser(Generic[R]):
         now = datetime.now(UTC)
         latest = now + self.settings.max_future_skew
         oldest = now - self.settings.max_reading_age
+        # Nearly every request has no such problem: that is checked with C-level min and max
+        # (a third of the per-item loops' cost); the loops below then name what is wrong.
+        stamps = [reading.timestamp for reading in readings]
+        if stamps and oldest <= min(stamps) and max(stamps) <= latest and not _underflow(readings):
+            return []
         problems = []
         for position, reading in enumerate(readings):
             index = indexes[position] if indexes is not None else position
