@@ -1,13 +1,13 @@
 """`energy-engine worker`: readings from the JetStream stream into PostgreSQL.
 
 Each loop pulls a batch of messages (each a request's readings or one reading) from the shared
-durable consumer, writes it with the ingest write
-path (`ingest.store.write_readings`: one transaction) and acknowledges every message after the
-commit. A worker that dies before acknowledging leaves its batch to be delivered again after
-`queue_ack_wait`; one that dies after the commit but before the acknowledgements has its batch
-written again, and the inserts, idempotent on (device, timestamp), store nothing twice. When
-the database fails, the batch is handed back with a delay (nak) and the loop waits: nothing is
-lost, the backlog waits in the stream.
+durable consumer, writes it with the ingest write path (`ingest.store.write_readings`: one
+transaction) and acknowledges every message after the commit. A worker that dies before
+acknowledging leaves its batch to be delivered again after `queue_ack_wait`; one that dies
+after the commit but before the acknowledgements has its batch written again, and the inserts,
+idempotent on (device, timestamp), store nothing twice. When the database fails, the batch is
+handed back with a delay (nak) and the loop waits: nothing is lost, the backlog waits in the
+stream.
 """
 
 from __future__ import annotations
