@@ -1156,6 +1156,28 @@ class QueueForm:
         """How the row names the form."""
         return f"`ENERGY_QUEUE_MESSAGE_PER={self.message_per}`"
 
+    def verdict(self, rate: float, rate_2: float, all_stored: bool) -> tuple[str, str, bool | None]:
+        """A row's target, measured figure and verdict for `rate` readings/s against (2)."""
+        measured = f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
+        measured += "" if all_stored else ", READINGS LOST"
+        met = rate >= rate_2 and all_stored if self.message_per == "request" else None
+        return self.target, measured, met
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRun:
+    """What the queue-mode rows of one form run against: an engine in queue mode and its
+    database, the rate of (2) they are a share of, and the form."""
+
+    wrk: str
+    base: str
+    url: str
+    env: dict[str, str]
+    options: Options
+    rate_2: float
+    say: Say
+    form: QueueForm
+
 
 REQUEST = QueueForm("request", 19, 20)
 READING = QueueForm("reading", 21, 22)
@@ -1182,9 +1204,8 @@ def _queue(
         }
         log = options.work / f"engine-queue-{form.message_per}.log"
         with serve(url, workers=options.workers, log=log, env=env) as server:
-            ingest = _queue_ingest(wrk, server.base, url, env, options, batch_rate, say, form)
-            drain = _queue_drain(wrk, server.base, url, env, options, batch_rate, say, form)
-    return [ingest, drain]
+            run = QueueRun(wrk, server.base, url, env, options, batch_rate, say, form)
+            return [_queue_ingest(run), _queue_drain(run)]
 
 
 def _fill(wrk: str, base: str, options: Options, prefix: str) -> WrkRun:
@@ -1231,16 +1252,8 @@ def _drained(base: str, worker: subprocess.Popen[bytes]) -> tuple[float, float |
     return time.perf_counter() - began, first
 
 
-def _queue_ingest(
-    wrk: str,
-    base: str,
-    url: str,
-    env: dict[str, str],
-    options: Options,
-    rate_2: float,
-    say: Say,
-    form: QueueForm,
-) -> Row:
+def _queue_ingest(q: QueueRun) -> Row:
+    wrk, base, url, env, options, say, form = q.wrk, q.base, q.url, q.env, q.options, q.say, q.form
     say(
         f"scenario {form.ingest_row}: queue mode ({form.message_per} a message), batches of "
         "1,000 readings, wrk -c8, one worker writing"
@@ -1270,10 +1283,7 @@ def _queue_ingest(
         f"Queue mode (`ENERGY_INGEST_MODE=queue`, a NATS JetStream server, {form.label}): HTTP "
         "batch ingest as (2), 1,000 readings per request, 8 connections, answered 202 once in "
         "the stream; one `energy-engine worker` writing to PostgreSQL meanwhile",
-        form.target,
-        f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
-        + ("" if all_stored else ", READINGS LOST"),
-        (rate >= rate_2 and all_stored) if form is REQUEST else None,
+        *form.verdict(rate, q.rate_2, all_stored),
         [
             _runs_line(runs, QUEUE_BATCH),
             "acknowledged (202) vs stored once the stream was empty: " + "; ".join(checks),
@@ -1281,16 +1291,8 @@ def _queue_ingest(
     )
 
 
-def _queue_drain(
-    wrk: str,
-    base: str,
-    url: str,
-    env: dict[str, str],
-    options: Options,
-    rate_2: float,
-    say: Say,
-    form: QueueForm,
-) -> Row:
+def _queue_drain(q: QueueRun) -> Row:
+    wrk, base, url, env, options, say, form = q.wrk, q.base, q.url, q.env, q.options, q.say, q.form
     say(
         f"scenario {form.drain_row}: queue mode, a backlog of {options.batch_seconds} s of "
         f"({form.ingest_row})'s load drained"
@@ -1320,10 +1322,7 @@ def _queue_drain(
         f"Queue mode backlog drain ({form.label}): ({form.ingest_row})'s load for "
         f"{options.batch_seconds} s with no worker running (the backlog in the stream), then "
         "one `energy-engine worker` started; from its start until the stream is empty",
-        form.target,
-        f"{rate:,.0f} readings/s = {rate / rate_2:.0%} of (2)"
-        + ("" if all_stored else ", READINGS LOST"),
-        (rate >= rate_2 and all_stored) if form is REQUEST else None,
+        *form.verdict(rate, q.rate_2, all_stored),
         [
             "runs (median taken; the worker's start-up included): " + "; ".join(lines),
             "acknowledged (202) vs stored: " + "; ".join(checks),

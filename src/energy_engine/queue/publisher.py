@@ -71,23 +71,20 @@ def subject(prefix: str, transport: str) -> str:
     return f"{prefix}.{transport}"
 
 
-def _at(reading: MeterReading | VehicleReading) -> str:
-    """The instant in UTC (two spellings of one time are one key)."""
-    return reading.timestamp.astimezone(UTC).isoformat()
-
-
-def _key(reading: MeterReading | VehicleReading) -> str:
-    """`stream:device:timestamp`."""
+def _at_and_key(reading: MeterReading | VehicleReading) -> tuple[str, str]:
+    """The reading's instant in UTC (two spellings of one time are one key) and its message id
+    `stream:device:instant`."""
+    at = reading.timestamp.astimezone(UTC).isoformat()
     if isinstance(reading, MeterReading):
-        return f"meter:{reading.meter_id}:{_at(reading)}"
-    return f"vehicle:{reading.vehicle_id}:{_at(reading)}"
+        return at, f"meter:{reading.meter_id}:{at}"
+    return at, f"vehicle:{reading.vehicle_id}:{at}"
 
 
 def message_id(readings: Sequence[MeterReading | VehicleReading], body: bytes) -> str:
     """A `request` message's `Nats-Msg-Id`: a lone reading's key, else a digest of the
     message's body (its readings, as validated), so that a retried request is stored once."""
     if len(readings) == 1:
-        return _key(readings[0])
+        return _at_and_key(readings[0])[1]
     return "readings:" + hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
@@ -126,13 +123,12 @@ def _per_reading(
     instant>` or `vehicle:...`."""
     out: list[Message] = []
     for m in meters:
-        at = _at(m)
-        body = orjson.dumps(("m", m.meter_id, at, m.kwh_consumed_ac, m.voltage))
-        out.append((topic, f"meter:{m.meter_id}:{at}", body))
+        at, key = _at_and_key(m)
+        out.append((topic, key, orjson.dumps(("m", m.meter_id, at, m.kwh_consumed_ac, m.voltage))))
     for v in vehicles:
-        at = _at(v)
+        at, key = _at_and_key(v)
         row = ("v", v.vehicle_id, at, v.soc, v.kwh_delivered_dc, v.battery_temp)
-        out.append((topic, f"vehicle:{v.vehicle_id}:{at}", orjson.dumps(row)))
+        out.append((topic, key, orjson.dumps(row)))
     return out
 
 
