@@ -35,8 +35,13 @@ _examples = itertools.count()
 arrivals = st.lists(
     st.tuples(
         # minute from the start of the example's day: its first hours, and across the next
-        # day (windows and refreshes spanning that whole UTC day meet day rollups)
-        st.one_of(st.integers(-70, 300), st.integers(1380, 3000)),
+        # day (windows and refreshes spanning that whole UTC day meet day rollups); some
+        # between whole minutes, off the cuts
+        st.one_of(
+            st.integers(-70, 300),
+            st.integers(1380, 3000),
+            st.integers(-70 * 60, 300 * 60).map(lambda second: second / 60),
+        ),
         st.one_of(st.floats(0, 5_000, allow_nan=False), st.integers(0, 20).map(float)),
     ),
     max_size=25,
@@ -60,7 +65,7 @@ arrivals = st.lists(
 )
 def test_every_vehicle_of_the_fleet_gets_its_own_report(
     rules_database: RulesDatabase,
-    streams: list[list[tuple[int, float]]],
+    streams: list[list[tuple[float, float]]],
     switch_minute: int,
     cuts: list[int],
     start_minute: int,
@@ -96,7 +101,7 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
     end = start + timedelta(minutes=length)
 
     def part(index: int, parts: int) -> tuple[list[MeterReading], list[VehicleReading]]:
-        def share(stream: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        def share(stream: list[tuple[float, float]]) -> list[tuple[float, float]]:
             return stream[index::parts]
 
         return (
@@ -123,7 +128,7 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
             ],
         )
 
-    def arrivals(stream: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    def arrivals(stream: list[tuple[float, float]]) -> list[tuple[float, float]]:
         """The stream's readings in the order `part` writes them."""
         return [point for index in range(3) for point in stream[index::3]]
 
@@ -182,6 +187,11 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
                 days = await conn.fetchval(
                     "SELECT count(*) FROM vehicle_day_rollups WHERE vehicle_id LIKE $1", f"%{tag}-%"
                 )
+                marks = await rollups.watermarks(conn)
+                parts = fleet.plan(
+                    start, end, marks["rolled"], marks["marked"], config.baseline_lookback
+                )
+                event(f"edges from marks: start {parts.marked_start}, end {parts.marked_end}")
                 event(f"dirty device-hours: {min(dirty, 1)}+")
                 event(f"day rollups: {min(days, 1)}+")
                 event(f"readings in window: {min(everyone[vehicles[0]].dc.readings, 1)}+")
@@ -389,5 +399,92 @@ async def test_the_last_24_whole_hours_read_span_rollups_and_a_late_reading_redo
         )
         assert redone == len(inside) + 1
         assert (await check()).dc.readings == len(inside) + 1
+    finally:
+        await pool.close()
+
+
+MARK_DAY = FIRST_DAY - timedelta(days=15)  # clear of the other tests' days
+
+
+async def test_a_day_from_half_past_reads_its_edges_from_marks_and_late_readings_in_them(
+    conn: db.Connection, database_url: str, settings: Settings
+) -> None:
+    """A window from half past to half past takes its partial hours from the marks in their
+    rollups (not raw rows), with the numbers of the per-vehicle report; a late reading in
+    either edge hour is counted before the refresher redoes that hour and after."""
+    points = [MARK_DAY + timedelta(seconds=s) for s in range(20, 7 * 3600, 130)]
+    start, end = MARK_DAY + timedelta(hours=1, minutes=30), MARK_DAY + timedelta(hours=5.5)
+    pool = await db.create_pool(database_url, settings)
+    try:
+        await db.ensure_partitions(conn, MARK_DAY.date(), MARK_DAY.date())
+        await rollups.match_rules(conn, settings)
+        await conn.execute(
+            "INSERT INTO assignments (vehicle_id, meter_id, valid_from) VALUES ($1, $2, $3)",
+            "V-mark",
+            "M-mark",
+            MARK_DAY - timedelta(days=1),
+        )
+
+        async def send(times: list[datetime], kwh: list[float]) -> None:
+            await write_readings(
+                conn,
+                [
+                    MeterReading.model_construct(
+                        meter_id="M-mark", timestamp=t, kwh_consumed_ac=k * 1.2, voltage=230.0
+                    )
+                    for t, k in zip(times, kwh, strict=True)
+                ],
+                [
+                    VehicleReading.model_construct(
+                        vehicle_id="V-mark",
+                        timestamp=t,
+                        soc=50.0,
+                        kwh_delivered_dc=k,
+                        battery_temp=20.0 + t.second % 9,
+                    )
+                    for t, k in zip(times, kwh, strict=True)
+                ],
+            )
+
+        # A counter rising 0.1 kWh a reading, reset once inside the first edge hour.
+        await send(points, [0.1 * i if i < 40 else 0.1 * (i - 40) for i in range(len(points))])
+        await rollups.refresh(pool, settings, MARK_DAY + timedelta(hours=7, minutes=5))
+        marks = await rollups.watermarks(conn)
+        parts = fleet.plan(start, end, marks["rolled"], marks["marked"], settings.baseline_lookback)
+        assert (parts.marked_start, parts.marked_end) == (True, True)
+
+        async def check() -> analytics.Performance:
+            everyone = await fleet.fleet_numbers(pool, start, end, settings)
+            alone = await analytics.performance(conn, "V-mark", start, end, settings)
+            assert alone is not None
+            got = everyone["V-mark"]
+            assert (got.dc.readings, got.dc.skipped, got.meter_readings) == (
+                alone.dc.readings,
+                alone.dc.skipped,
+                alone.meter_readings,
+            )
+            assert got.dc.kwh == pytest.approx(alone.dc.kwh, rel=1e-9)
+            assert got.meter_kwh == pytest.approx(alone.meter_kwh, rel=1e-9)
+            assert got.dc.avg_battery_temp == pytest.approx(alone.dc.avg_battery_temp)
+            return got
+
+        got = await check()
+        assert got.dc.readings == len([t for t in points if start <= t < end])
+        # Late readings in the last edge hour, then in the first, each side of the cut and
+        # one exactly on it: each counted before the refresher redoes the hour.
+        await send([end - timedelta(seconds=1), end], [500.0, 501.0])
+        assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 2
+        after = await check()
+        assert after.dc.readings == got.dc.readings + 1
+        late = [start - timedelta(minutes=7), start, start + timedelta(seconds=1)]
+        await send(late, [3.95, 3.97, 3.98])
+        assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 4
+        after = await check()
+        assert after.dc.readings == got.dc.readings + 3
+        await rollups.refresh(pool, settings, MARK_DAY + timedelta(hours=7, minutes=10))
+        assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 0
+        redone = await check()
+        assert redone.dc.readings == after.dc.readings
+        assert redone.dc.kwh == pytest.approx(after.dc.kwh, rel=1e-12)
     finally:
         await pool.close()

@@ -118,7 +118,8 @@ async def test_without_a_retention_period_nothing_is_dropped(
 
 
 async def _rollup_rows(conn: asyncpg.Connection, hours: list[datetime]) -> None:
-    """One hour rollup and one day rollup of meter M-1 at each of `hours`."""
+    """One hour rollup with its marks and one day rollup of meter M-1 at each of `hours`,
+    and marks of another meter's hour at each (not deleted with M-1's rollups)."""
     for hour in hours:
         await conn.execute(
             """
@@ -126,6 +127,11 @@ async def _rollup_rows(conn: asyncpg.Connection, hours: list[datetime]) -> None:
                 last_kwh, added_kwh, skipped, voltage_sum, voltage_min, voltage_max)
             VALUES ('M-1', $1, 1, $1, $1, 1, 1, 0, 0, 230, 230, 230)
             """,
+            hour,
+        )
+        await conn.execute(
+            "INSERT INTO meter_rollup_marks (hour, meter_id, reading_ms, cum_added)"
+            " VALUES ($1, 'M-1', '{0}', '{0}'), ($1, 'M-2', '{0}', '{0}')",
             hour,
         )
         await conn.execute(
@@ -161,6 +167,11 @@ async def test_rollups_outlive_history_when_their_retention_is_longer(
     assert done is not None and done.rollups_deleted == 2 * len(old)
     hours = await conn.fetch("SELECT hour FROM meter_rollups ORDER BY hour")
     assert [row["hour"] for row in hours] == kept
+    # An hour rollup's marks go with it; marks of a device-hour without a rollup stay.
+    marks = await conn.fetch("SELECT hour, meter_id FROM meter_rollup_marks ORDER BY 2, 1")
+    assert [tuple(row) for row in marks] == [(h, "M-1") for h in kept] + [
+        (h, "M-2") for h in old + kept
+    ]
     days = await conn.fetch("SELECT day FROM meter_day_rollups ORDER BY day")
     assert [row["day"] for row in days] == [h.replace(hour=0) for h in kept]
 

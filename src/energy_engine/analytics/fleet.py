@@ -7,8 +7,11 @@ read once for the whole fleet, by time range:
 
 * day rollups of the window's whole UTC days and hour rollups of its other whole hours, by
   their time indexes, skipping devices with dirty hours;
-* raw rows where no rollup applies: the window's partial first hour, the hours not rolled up
-  yet at its end, and every dirty device-hour.
+* the partial hours at the window's edges from the marks inside their hour rollups
+  (migrations/0007_minute_marks.sql): a window from half past reads one rollup per device at
+  each edge, not its 30 raw readings;
+* raw rows where no rollup applies: the partial first hour when its rollup has no marks or
+  is not rolled yet, the hours not rolled up yet at its end, and every dirty device-hour.
 
 No piece needs sorting into place: each carries the reading before it and a rollup the
 increment from it (migrations/0001_baseline.sql), so a hash aggregate sums a device's pieces.
@@ -23,6 +26,7 @@ or end inside the window go through `meter_segment_energy` one by one.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from energy_engine.analytics.store import Performance, VehicleWindow, queries
 from energy_engine.db import Connection, Pool
@@ -36,12 +40,53 @@ def _floor_hour(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
-def plan(start: datetime, end: datetime, rolled: datetime | None) -> tuple[datetime, ...]:
-    """The whole hours of [start, end) answered from rollups, [hour_from, hour_to), and the end
-    of the raw rows before them; `rolled` is the watermark (None: nothing rolled yet)."""
+class Plan(NamedTuple):
+    """Which parts of a window [start, end) come from where (see the module docstring)."""
+
+    hour_from: datetime  # the rolled-up whole hours [hour_from, hour_to)
+    hour_to: datetime
+    raw_to: datetime  # the partial first hour [start, raw_to)
+    marked_start: bool  # [start, hour_from) from its hour rollup's marks, not raw rows
+    marked_end: bool  # [hour_to, end) likewise
+
+    @property
+    def rollups_from(self) -> datetime:
+        """Where the devices without dirty hours read rollups from: with marks, the hour the
+        window starts in (its readings before the start are taken away again)."""
+        return self.hour_from - HOUR if self.marked_start else self.hour_from
+
+
+def _cuts_marks(at: datetime) -> bool:
+    """Whether `at` falls inside an hour on a whole millisecond, where marks can split it."""
+    return _floor_hour(at) != at and at.microsecond % 1000 == 0
+
+
+def plan(
+    start: datetime,
+    end: datetime,
+    rolled: datetime | None,
+    marked: datetime | None,
+    lookback: timedelta,
+) -> Plan:
+    """`rolled`: hours before it are rolled up (None: none); `marked`: rollups of hours from it
+    on carry marks (None: all of them); `lookback` the baseline lookback."""
     hour_from = start if _floor_hour(start) == start else _floor_hour(start) + HOUR
     hour_to = hour_from if rolled is None else max(hour_from, min(_floor_hour(end), rolled))
-    return hour_from, hour_to, min(hour_from, end)
+    raw_to = min(hour_from, end)
+
+    def markable(hour: datetime) -> bool:
+        return rolled is not None and hour + HOUR <= rolled and (marked is None or hour >= marked)
+
+    # The first reading after a cut is joined to the one before it from the marks only when
+    # that reading (at most an hour before) is within the baseline lookback.
+    marked_start = (
+        _cuts_marks(start)
+        and hour_from <= end
+        and lookback >= HOUR
+        and markable(_floor_hour(start))
+    )
+    marked_end = _cuts_marks(end) and hour_to == _floor_hour(end) and markable(hour_to)
+    return Plan(hour_from, hour_to, raw_to, marked_start, marked_end)
 
 
 async def prepare(
@@ -51,15 +96,21 @@ async def prepare(
     await conn.execute(queries.fleet_session)
     timeout_ms = int(settings.fleet_statement_timeout.total_seconds() * 1000)
     await conn.execute(queries.fleet_timeout, f"{timeout_ms}ms")
-    rolled = (await rollups.watermarks(conn))["rolled"]
+    marks = await rollups.watermarks(conn)
+    parts = plan(start, end, marks["rolled"], marks["marked"], settings.baseline_lookback)
     return (
         start,
         end,
-        *plan(start, end, rolled),
+        parts.hour_from,
+        parts.hour_to,
+        parts.raw_to,
         settings.max_power_kw,
         settings.energy_semantics is EnergySemantics.INTERVAL,
         start - settings.baseline_lookback,
         settings.baseline_lookback,
+        parts.rollups_from,
+        parts.marked_start,
+        parts.marked_end,
     )
 
 

@@ -100,14 +100,16 @@ SELECT set_config('statement_timeout', $1, true);
 --   $1 window from, $2 window to, $3/$4 the rolled-up whole hours [from, to) of the window,
 --   $5 the end of the raw rows at the start (the partial first hour, [$1, $5)),
 --   $6 max power kW, $7 interval semantics, $8 $1 minus the baseline lookback (a predecessor
---   before it is no baseline), $9 the baseline lookback.
+--   before it is no baseline), $9 the baseline lookback, $10 where the rollups read start
+--   ($3, or the hour the window starts in when $11), $11/$12 whether the partial first and
+--   last hours come from their rollups' marks (fleet.plan).
 -- Each stream's totals per device come from `stream_fleet_totals`
 -- (migrations/0001_baseline.sql), which pieces them together from rollups and raw runs. A
 -- meter assigned for the whole window is read with every other (meter_totals); one assigned
 -- for part of it, by itself (meter_segment_energy).
 WITH
 vehicle_totals AS (
-    SELECT * FROM stream_fleet_totals('vehicle', $1, $2, $3, $4, $5, $6, $7, $8)
+    SELECT * FROM stream_fleet_totals('vehicle', $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12)
 ),
 segments AS (
     SELECT vehicle_id, meter_id,
@@ -118,7 +120,7 @@ segments AS (
     WHERE valid_from < $2 AND (valid_to IS NULL OR valid_to > $1)
 ),
 meter_totals AS (
-    SELECT * FROM stream_fleet_totals('meter', $1, $2, $3, $4, $5, $6, $7, $8)
+    SELECT * FROM stream_fleet_totals('meter', $1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12)
 ),
 meter_parts AS (
     SELECT s.vehicle_id, s.meter_id, s.seg_from,

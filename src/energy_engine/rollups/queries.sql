@@ -8,44 +8,73 @@
 -- (migrations/0001_baseline.sql).
 
 -- name: roll_meter_hours
--- The hour rollups of the meters' readings chosen by $3-$7 (see rollup_hours in
--- migrations/0001_baseline.sql: $3, $4 a range of hours; $5 some devices only; $6, $7 dirty device-hours),
--- by the energy rules $1 (interval semantics) and $2 (max power kW).
-INSERT INTO meter_rollups AS u (
-    meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-    voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh, joined_kwh, joined_skipped
+-- The hour rollups and their marks of the meters' readings chosen by $3-$7 (see rollup_hours
+-- in migrations/0007_minute_marks.sql: $3, $4 a range of hours; $5 some devices only; $6, $7
+-- dirty device-hours), by the energy rules $1 (interval semantics) and $2 (max power kW).
+WITH hours AS MATERIALIZED (
+    SELECT * FROM rollup_hours('meter', $1, $2, $3, $4, $5, $6, $7)
+),
+rolled AS (
+    INSERT INTO meter_rollups AS u (
+        meter_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+        voltage_sum, voltage_min, voltage_max, prev_at, prev_kwh, joined_kwh, joined_skipped
+    )
+    SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh,
+           skipped, sensor_sum, sensor_min, sensor_max, prev_at, prev_kwh, joined_kwh,
+           joined_skipped
+    FROM hours
+    ORDER BY device_id, hour
+    ON CONFLICT (meter_id, hour) DO UPDATE SET
+        readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
+        first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
+        added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+        voltage_sum = excluded.voltage_sum, voltage_min = excluded.voltage_min,
+        voltage_max = excluded.voltage_max, prev_at = excluded.prev_at,
+        prev_kwh = excluded.prev_kwh, joined_kwh = excluded.joined_kwh,
+        joined_skipped = excluded.joined_skipped
 )
-SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-       sensor_sum, sensor_min, sensor_max, prev_at, prev_kwh, joined_kwh, joined_skipped
-FROM rollup_hours('meter', $1, $2, $3, $4, $5, $6, $7)
-ORDER BY device_id, hour
-ON CONFLICT (meter_id, hour) DO UPDATE SET
-    readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
-    first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
-    added_kwh = excluded.added_kwh, skipped = excluded.skipped,
-    voltage_sum = excluded.voltage_sum, voltage_min = excluded.voltage_min,
-    voltage_max = excluded.voltage_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
-    joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped;
+INSERT INTO meter_rollup_marks AS m (hour, meter_id, reading_ms, cum_added, cum_skipped)
+SELECT hour, device_id, reading_ms, cum_added, cum_skipped
+FROM hours
+ORDER BY hour, device_id
+ON CONFLICT (hour, meter_id) DO UPDATE SET
+    reading_ms = excluded.reading_ms, cum_added = excluded.cum_added,
+    cum_skipped = excluded.cum_skipped;
 
 -- name: roll_vehicle_hours
-INSERT INTO vehicle_rollups AS u (
-    vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-    battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at, prev_kwh,
-    joined_kwh, joined_skipped
+WITH hours AS MATERIALIZED (
+    SELECT * FROM rollup_hours('vehicle', $1, $2, $3, $4, $5, $6, $7)
+),
+rolled AS (
+    INSERT INTO vehicle_rollups AS u (
+        vehicle_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
+        battery_temp_sum, battery_temp_min, battery_temp_max, soc_min, soc_max, prev_at,
+        prev_kwh, joined_kwh, joined_skipped
+    )
+    SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh,
+           skipped, sensor_sum, sensor_min, sensor_max, soc_min, soc_max, prev_at, prev_kwh,
+           joined_kwh, joined_skipped
+    FROM hours
+    ORDER BY device_id, hour
+    ON CONFLICT (vehicle_id, hour) DO UPDATE SET
+        readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
+        first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
+        added_kwh = excluded.added_kwh, skipped = excluded.skipped,
+        battery_temp_sum = excluded.battery_temp_sum,
+        battery_temp_min = excluded.battery_temp_min,
+        battery_temp_max = excluded.battery_temp_max, soc_min = excluded.soc_min,
+        soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
+        joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped
 )
-SELECT device_id, hour, readings, first_at, last_at, first_kwh, last_kwh, added_kwh, skipped,
-       sensor_sum, sensor_min, sensor_max, soc_min, soc_max, prev_at, prev_kwh, joined_kwh,
-       joined_skipped
-FROM rollup_hours('vehicle', $1, $2, $3, $4, $5, $6, $7)
-ORDER BY device_id, hour
-ON CONFLICT (vehicle_id, hour) DO UPDATE SET
-    readings = excluded.readings, first_at = excluded.first_at, last_at = excluded.last_at,
-    first_kwh = excluded.first_kwh, last_kwh = excluded.last_kwh,
-    added_kwh = excluded.added_kwh, skipped = excluded.skipped,
-    battery_temp_sum = excluded.battery_temp_sum, battery_temp_min = excluded.battery_temp_min,
-    battery_temp_max = excluded.battery_temp_max, soc_min = excluded.soc_min,
-    soc_max = excluded.soc_max, prev_at = excluded.prev_at, prev_kwh = excluded.prev_kwh,
-    joined_kwh = excluded.joined_kwh, joined_skipped = excluded.joined_skipped;
+INSERT INTO vehicle_rollup_marks AS m (
+    hour, vehicle_id, reading_ms, cum_added, cum_skipped, cum_battery_temp
+)
+SELECT hour, device_id, reading_ms, cum_added, cum_skipped, cum_sensor
+FROM hours
+ORDER BY hour, device_id
+ON CONFLICT (hour, vehicle_id) DO UPDATE SET
+    reading_ms = excluded.reading_ms, cum_added = excluded.cum_added,
+    cum_skipped = excluded.cum_skipped, cum_battery_temp = excluded.cum_battery_temp;
 
 -- name: repair_next_meter
 -- A late reading may precede the first reading of its device's next rolled hour more closely
@@ -237,12 +266,14 @@ WHERE i.inhparent IN ('meter_readings'::regclass, 'vehicle_readings'::regclass);
 SELECT interval_kwh, max_power_kw FROM rollup_rules;
 
 -- name: reset
--- Drops every rollup and records the energy rules ($1 interval semantics, $2 max power kW)
+-- Drops every rollup (marks included) and records the energy rules ($1 interval semantics, $2 max power kW)
 -- the next ones are computed with.
 WITH cleared_meters AS (DELETE FROM meter_rollups),
      cleared_vehicles AS (DELETE FROM vehicle_rollups),
      cleared_meter_days AS (DELETE FROM meter_day_rollups),
      cleared_vehicle_days AS (DELETE FROM vehicle_day_rollups),
+     cleared_meter_marks AS (DELETE FROM meter_rollup_marks),
+     cleared_vehicle_marks AS (DELETE FROM vehicle_rollup_marks),
      cleared_meter_spans AS (DELETE FROM meter_span_rollups),
      cleared_vehicle_spans AS (DELETE FROM vehicle_span_rollups),
      cleared_span_starts AS (DELETE FROM rollup_span_starts),
