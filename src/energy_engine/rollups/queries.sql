@@ -100,7 +100,8 @@ RETURNING u.vehicle_id AS device_id, u.hour;
 -- name: roll_meter_days
 -- The meters' day rollups (rollup_days in migrations/0001_baseline.sql) of the hours
 -- [$1, $2), all rolled (rolling), or of the complete days of the device-hours ($3 devices,
--- $4 hours) that were redone or repaired (redoing); the other pair NULL.
+-- $4 hours) that were redone or repaired (redoing); the other pair NULL. Written day by day,
+-- as spans are.
 INSERT INTO meter_day_rollups AS d (
     meter_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
     joined_kwh, joined_skipped
@@ -108,6 +109,7 @@ INSERT INTO meter_day_rollups AS d (
 SELECT device_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
        joined_kwh, joined_skipped
 FROM rollup_days('meter', $1, $2, $3, $4)
+ORDER BY day, device_id
 ON CONFLICT (meter_id, day) DO UPDATE SET
     readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
     last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
@@ -122,6 +124,7 @@ INSERT INTO vehicle_day_rollups AS d (
 SELECT device_id, day, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
        joined_kwh, joined_skipped, sensor_sum, soc_min, soc_max
 FROM rollup_days('vehicle', $1, $2, $3, $4)
+ORDER BY day, device_id
 ON CONFLICT (vehicle_id, day) DO UPDATE SET
     readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
     last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
@@ -132,7 +135,8 @@ ON CONFLICT (vehicle_id, day) DO UPDATE SET
 -- name: roll_meter_spans
 -- The meters' span rollups (rollup_spans in migrations/0006_span_rollups.sql) of the start
 -- hours [$1, $2) (rolling), or of the kept spans holding the device-hours ($3 devices, $4
--- hours) that were redone or repaired (redoing); the other pair NULL.
+-- hours) that were redone or repaired (redoing); the other pair NULL. Written start hour by
+-- start hour: the fleet reads one start hour of every device, from as few pages as they fill.
 INSERT INTO meter_span_rollups AS d (
     meter_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped, prev_at,
     joined_kwh, joined_skipped
@@ -140,6 +144,7 @@ INSERT INTO meter_span_rollups AS d (
 SELECT device_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped,
        prev_at, joined_kwh, joined_skipped
 FROM rollup_spans('meter', $1, $2, $3, $4)
+ORDER BY span_from, device_id
 ON CONFLICT (meter_id, span_from) DO UPDATE SET
     readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
     last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
@@ -154,6 +159,7 @@ INSERT INTO vehicle_span_rollups AS d (
 SELECT device_id, span_from, readings, first_kwh, last_at, last_kwh, added_kwh, skipped,
        prev_at, joined_kwh, joined_skipped, sensor_sum, soc_min, soc_max
 FROM rollup_spans('vehicle', $1, $2, $3, $4)
+ORDER BY span_from, device_id
 ON CONFLICT (vehicle_id, span_from) DO UPDATE SET
     readings = excluded.readings, first_kwh = excluded.first_kwh, last_at = excluded.last_at,
     last_kwh = excluded.last_kwh, added_kwh = excluded.added_kwh, skipped = excluded.skipped,
