@@ -184,7 +184,14 @@ async def sections(conn: asyncpg.Connection, settings: Settings) -> list[tuple[s
             (
                 "`fleet`: the fleet ranking of a calendar day",
                 "Custom plan (`fleet_session`): the window's partitions are pruned while planning.",
-                await explain(conn, queries.fleet, *common),
+                await explain(conn, queries.fleet, *common.args),
+            )
+        )
+        found.append(
+            (
+                "`fleet` on rollups alone (`fleet.SETTLED`): the same day",
+                "Taken when the window has no raw piece and no device a dirty hour before its end.",
+                await explain(conn, fleet.SETTLED, *common.args),
             )
         )
     return found

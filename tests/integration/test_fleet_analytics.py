@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from energy_engine import db
 from energy_engine.analytics import fleet
 from energy_engine.analytics import store as analytics
+from energy_engine.analytics.store import queries
 from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.rollups import store as rollups
@@ -192,6 +193,9 @@ def test_every_vehicle_of_the_fleet_gets_its_own_report(
                     start, end, marks["rolled"], marks["marked"], config.baseline_lookback
                 )
                 event(f"edges from marks: start {parts.marked_start}, end {parts.marked_end}")
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    prepared = await fleet.prepare(conn, start, end, config)
+                event(f"on rollups alone: {prepared.statement is fleet.SETTLED}")
                 event(f"dirty device-hours: {min(dirty, 1)}+")
                 event(f"day rollups: {min(days, 1)}+")
                 event(f"readings in window: {min(everyone[vehicles[0]].dc.readings, 1)}+")
@@ -453,7 +457,9 @@ async def test_a_day_from_half_past_reads_its_edges_from_marks_and_late_readings
         parts = fleet.plan(start, end, marks["rolled"], marks["marked"], settings.baseline_lookback)
         assert (parts.marked_start, parts.marked_end) == (True, True)
 
-        async def check() -> analytics.Performance:
+        async def check(statement: str) -> analytics.Performance:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                assert (await fleet.prepare(conn, start, end, settings)).statement == statement
             everyone = await fleet.fleet_numbers(pool, start, end, settings)
             alone = await analytics.performance(conn, "V-mark", start, end, settings)
             assert alone is not None
@@ -468,22 +474,22 @@ async def test_a_day_from_half_past_reads_its_edges_from_marks_and_late_readings
             assert got.dc.avg_battery_temp == pytest.approx(alone.dc.avg_battery_temp)
             return got
 
-        got = await check()
+        got = await check(fleet.SETTLED)  # no raw piece, no dirty hour
         assert got.dc.readings == len([t for t in points if start <= t < end])
         # Late readings in the last edge hour, then in the first, each side of the cut and
         # one exactly on it: each counted before the refresher redoes the hour.
         await send([end - timedelta(seconds=1), end], [500.0, 501.0])
         assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 2
-        after = await check()
+        after = await check(queries.fleet)
         assert after.dc.readings == got.dc.readings + 1
         late = [start - timedelta(minutes=7), start, start + timedelta(seconds=1)]
         await send(late, [3.95, 3.97, 3.98])
         assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 4
-        after = await check()
+        after = await check(queries.fleet)
         assert after.dc.readings == got.dc.readings + 3
         await rollups.refresh(pool, settings, MARK_DAY + timedelta(hours=7, minutes=10))
         assert await conn.fetchval("SELECT count(*) FROM rollup_dirty") == 0
-        redone = await check()
+        redone = await check(fleet.SETTLED)
         assert redone.dc.readings == after.dc.readings
         assert redone.dc.kwh == pytest.approx(after.dc.kwh, rel=1e-12)
     finally:

@@ -89,16 +89,27 @@ def plan(
     return Plan(hour_from, hour_to, raw_to, marked_start, marked_end)
 
 
-async def prepare(
-    conn: Connection, start: datetime, end: datetime, settings: Settings
-) -> tuple[object, ...]:
-    """Inside a transaction: set the fleet statement up and return its arguments."""
+# The fleet statement with each stream's totals from its rollups alone
+# (migrations/0007_minute_marks.sql), for a window with no raw piece and no dirty device: the
+# same answer, planned without the raw and dirty machinery (16 of 26 ms of planning, and an
+# aggregate less per stream, on the benchmark's fleet). A replacement rather than a copy of
+# the statement, so the two cannot drift apart.
+SETTLED = queries.fleet.replace("stream_fleet_totals(", "stream_fleet_settled(")
+
+
+class Prepared(NamedTuple):
+    statement: str  # queries.fleet or SETTLED
+    args: tuple[object, ...]
+
+
+async def prepare(conn: Connection, start: datetime, end: datetime, settings: Settings) -> Prepared:
+    """Inside a transaction: set the fleet statement up and choose it with its arguments."""
     await conn.execute(queries.fleet_session)
     timeout_ms = int(settings.fleet_statement_timeout.total_seconds() * 1000)
     await conn.execute(queries.fleet_timeout, f"{timeout_ms}ms")
     marks = await rollups.watermarks(conn)
     parts = plan(start, end, marks["rolled"], marks["marked"], settings.baseline_lookback)
-    return (
+    args = (
         start,
         end,
         parts.hour_from,
@@ -112,6 +123,13 @@ async def prepare(
         parts.marked_start,
         parts.marked_end,
     )
+    raw = (parts.raw_to > start and not parts.marked_start) or (
+        parts.hour_to < end and not parts.marked_end
+    )
+    dirty_to = parts.hour_to + HOUR if parts.marked_end else parts.hour_to
+    if raw or await conn.fetchval(queries.any_dirty_before, dirty_to):
+        return Prepared(queries.fleet, args)
+    return Prepared(SETTLED, args)
 
 
 async def fleet_numbers(
@@ -121,7 +139,8 @@ async def fleet_numbers(
     async with pool.acquire() as conn:
         # One snapshot for the watermark and the rollups it vouches for.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = await conn.fetch(queries.fleet, *await prepare(conn, start, end, settings))
+            prepared = await prepare(conn, start, end, settings)
+            rows = await conn.fetch(prepared.statement, *prepared.args)
     return {
         r[0]: Performance(VehicleWindow(r[1], r[2], r[3], r[4]), list(r[5]), r[6], r[7], r[8])
         for r in rows

@@ -92,6 +92,10 @@ SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL work_mem = '64MB';
 -- The fleet statement's own statement_timeout ($1, e.g. '20000ms'), for this transaction.
 SELECT set_config('statement_timeout', $1, true);
 
+-- name: any_dirty_before
+-- Whether any device of either stream has a dirty hour before $1 (fleet.prepare).
+SELECT EXISTS (SELECT FROM rollup_dirty WHERE hour < $1);
+
 -- name: fleet
 -- Every known vehicle's window at once (analytics/fleet.py): per vehicle (reported or
 -- assigned) its DC readings, kWh, skipped and average battery temperature, and the meters
@@ -104,7 +108,8 @@ SELECT set_config('statement_timeout', $1, true);
 --   ($3, or the hour the window starts in when $11), $11/$12 whether the partial first and
 --   last hours come from their rollups' marks (fleet.plan).
 -- Each stream's totals per device come from `stream_fleet_totals`
--- (migrations/0001_baseline.sql), which pieces them together from rollups and raw runs. A
+-- (migrations/0007_minute_marks.sql), which pieces them together from rollups and raw runs,
+-- or from its rollups alone, `stream_fleet_settled` (fleet.SETTLED). A
 -- meter assigned for the whole window is read with every other (meter_totals); one assigned
 -- for part of it, by itself (meter_segment_energy).
 WITH

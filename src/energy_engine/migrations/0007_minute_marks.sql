@@ -175,9 +175,96 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT floor(EXTRACT(epoch FROM cut - date_trunc('hour', cut, 'UTC')) * 1000)::integer
 $$;
 
+-- The totals per device of the devices' rollups over the window, without the raw pieces
+-- and dirty devices `stream_fleet_totals` adds: all of them when the window has no raw
+-- piece and no device a dirty hour before its end (analytics/fleet.py then runs the fleet
+-- statement on this alone, planned in a fraction of the time). Same arguments.
+-- A window of 24 whole hours or more starts with its first day's span rollups when they are
+-- kept; the rest is whole UTC days from day rollups and the hours around them from hour
+-- rollups, from `rollups_from` (the window's first whole hour, or with marks the hour it starts
+-- in) to `hours_to`, and with marks the partial first and last hours' corrections.
+CREATE FUNCTION stream_fleet_settled(
+    of_stream text, window_from timestamptz, window_to timestamptz, hours_from timestamptz,
+    hours_to timestamptz, raw_to timestamptz, max_kw double precision, interval_kwh boolean,
+    baseline_from timestamptz, rollups_from timestamptz, marked_start boolean,
+    marked_end boolean
+) RETURNS TABLE (
+    device text, readings bigint, kwh double precision, skipped bigint,
+    sensor_sum double precision
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT u.device_id AS device, sum(u.readings) AS readings,
+       sum(u.added_kwh + window_joined_kwh(u.prev_at, u.joined_kwh, u.first_kwh,
+                                           baseline_from, interval_kwh)) AS kwh,
+       sum(u.skipped + window_joined_skipped(u.prev_at, u.joined_skipped, baseline_from))
+           AS skipped,
+       sum(u.sensor_sum) AS sensor_sum
+FROM (
+    SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+           joined_skipped, sensor_sum
+    FROM stream_span_rollups
+    WHERE stream = of_stream AND span_from = rollups_from
+      AND rollup_span_to(rollups_from, hours_to) > rollups_from
+    UNION ALL
+    SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+           joined_skipped, sensor_sum
+    FROM stream_rollups
+    WHERE stream = of_stream AND hour >= rollup_span_to(rollups_from, hours_to)
+      AND hour < rollup_days_from(rollup_span_to(rollups_from, hours_to), hours_to)
+    UNION ALL
+    SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+           joined_skipped, sensor_sum
+    FROM stream_day_rollups
+    WHERE stream = of_stream
+      AND day >= rollup_days_from(rollup_span_to(rollups_from, hours_to), hours_to)
+      AND day < rollup_days_to(rollup_span_to(rollups_from, hours_to), hours_to)
+    UNION ALL
+    SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
+           joined_skipped, sensor_sum
+    FROM stream_rollups
+    WHERE stream = of_stream
+      AND hour >= rollup_days_to(rollup_span_to(rollups_from, hours_to), hours_to)
+      AND hour < hours_to
+    UNION ALL
+    -- With marks, the rollups above start at the hour the window starts in, and its
+    -- readings before the cut are taken away again: k readings, the increments into all
+    -- but the first of them (marks) and the increment into the first (the same join the
+    -- hour, day or span rollup it begins counted). Nothing when none is before the cut.
+    SELECT device_id, -k, -cum_added[k], prev_at, -joined_kwh, -first_kwh,
+           -coalesce(cum_skipped[k], 0), -joined_skipped, -cum_sensor[k]
+    FROM (
+        SELECT u.*, m.cum_added, m.cum_skipped, m.cum_sensor,
+               width_bucket(hour_offset_ms(window_from) - 1, m.reading_ms) AS k
+        FROM stream_rollups AS u
+        JOIN stream_rollup_marks AS m
+          ON m.stream = of_stream AND m.hour = u.hour AND m.device_id = u.device_id
+        WHERE marked_start AND u.stream = of_stream AND u.hour = rollups_from
+          AND m.hour = rollups_from
+    ) AS edge
+    WHERE k > 0
+    UNION ALL
+    -- The partial last hour [hours_to, window_to): its rollup's readings before the cut.
+    SELECT device_id, k, cum_added[k], prev_at, joined_kwh, first_kwh,
+           coalesce(cum_skipped[k], 0), joined_skipped, cum_sensor[k]
+    FROM (
+        SELECT u.*, m.cum_added, m.cum_skipped, m.cum_sensor,
+               width_bucket(hour_offset_ms(window_to) - 1, m.reading_ms) AS k
+        FROM stream_rollups AS u
+        JOIN stream_rollup_marks AS m
+          ON m.stream = of_stream AND m.hour = u.hour AND m.device_id = u.device_id
+        WHERE marked_end AND u.stream = of_stream AND u.hour = hours_to
+          AND m.hour = hours_to
+    ) AS edge
+    WHERE k > 0
+) AS u
+GROUP BY u.device_id
+HAVING sum(u.readings) > 0  -- a device whose only readings are before the cut
+$$;
+
 -- stream_fleet_totals (0006_span_rollups.sql) with edges from the marks: `marked_start` when
 -- the window starts inside a marked, rolled hour whose end it reaches, `marked_end` when it
--- ends inside one after its first whole hour (analytics/fleet.py decides).
+-- ends inside one after its first whole hour (analytics/fleet.py decides). Its rollups, for
+-- the devices without dirty hours, are stream_fleet_settled's (above).
 DROP FUNCTION stream_fleet_totals(text, timestamptz, timestamptz, timestamptz, timestamptz,
                                   timestamptz, double precision, boolean, timestamptz);
 CREATE FUNCTION stream_fleet_totals(
@@ -191,77 +278,11 @@ CREATE FUNCTION stream_fleet_totals(
 )
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
 WITH
--- A window of 24 whole hours or more starts with its first day's span rollups when they are
--- kept; the rest is whole UTC days from day rollups and the hours around them from hour
--- rollups, from `rollups_from` (the window's first whole hour, or with marks the hour it starts
--- in) to `hours_to`, and with marks the partial first and last hours' corrections.
 settled AS (
-    SELECT u.device_id AS device, sum(u.readings) AS readings,
-           sum(u.added_kwh + window_joined_kwh(u.prev_at, u.joined_kwh, u.first_kwh,
-                                               baseline_from, interval_kwh)) AS kwh,
-           sum(u.skipped + window_joined_skipped(u.prev_at, u.joined_skipped, baseline_from))
-               AS skipped,
-           sum(u.sensor_sum) AS sensor_sum
-    FROM (
-        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, sensor_sum
-        FROM stream_span_rollups
-        WHERE stream = of_stream AND span_from = rollups_from
-          AND rollup_span_to(rollups_from, hours_to) > rollups_from
-        UNION ALL
-        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, sensor_sum
-        FROM stream_rollups
-        WHERE stream = of_stream AND hour >= rollup_span_to(rollups_from, hours_to)
-          AND hour < rollup_days_from(rollup_span_to(rollups_from, hours_to), hours_to)
-        UNION ALL
-        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, sensor_sum
-        FROM stream_day_rollups
-        WHERE stream = of_stream
-          AND day >= rollup_days_from(rollup_span_to(rollups_from, hours_to), hours_to)
-          AND day < rollup_days_to(rollup_span_to(rollups_from, hours_to), hours_to)
-        UNION ALL
-        SELECT device_id, readings, added_kwh, prev_at, joined_kwh, first_kwh, skipped,
-               joined_skipped, sensor_sum
-        FROM stream_rollups
-        WHERE stream = of_stream
-          AND hour >= rollup_days_to(rollup_span_to(rollups_from, hours_to), hours_to)
-          AND hour < hours_to
-        UNION ALL
-        -- With marks, the rollups above start at the hour the window starts in, and its
-        -- readings before the cut are taken away again: k readings, the increments into all
-        -- but the first of them (marks) and the increment into the first (the same join the
-        -- hour, day or span rollup it begins counted). Nothing when none is before the cut.
-        SELECT device_id, -k, -cum_added[k], prev_at, -joined_kwh, -first_kwh,
-               -coalesce(cum_skipped[k], 0), -joined_skipped, -cum_sensor[k]
-        FROM (
-            SELECT u.*, m.cum_added, m.cum_skipped, m.cum_sensor,
-                   width_bucket(hour_offset_ms(window_from) - 1, m.reading_ms) AS k
-            FROM stream_rollups AS u
-            JOIN stream_rollup_marks AS m
-              ON m.stream = of_stream AND m.hour = u.hour AND m.device_id = u.device_id
-            WHERE marked_start AND u.stream = of_stream AND u.hour = rollups_from
-              AND m.hour = rollups_from
-        ) AS edge
-        WHERE k > 0
-        UNION ALL
-        -- The partial last hour [hours_to, window_to): its rollup's readings before the cut.
-        SELECT device_id, k, cum_added[k], prev_at, joined_kwh, first_kwh,
-               coalesce(cum_skipped[k], 0), joined_skipped, cum_sensor[k]
-        FROM (
-            SELECT u.*, m.cum_added, m.cum_skipped, m.cum_sensor,
-                   width_bucket(hour_offset_ms(window_to) - 1, m.reading_ms) AS k
-            FROM stream_rollups AS u
-            JOIN stream_rollup_marks AS m
-              ON m.stream = of_stream AND m.hour = u.hour AND m.device_id = u.device_id
-            WHERE marked_end AND u.stream = of_stream AND u.hour = hours_to
-              AND m.hour = hours_to
-        ) AS edge
-        WHERE k > 0
-    ) AS u
-    GROUP BY u.device_id
-    HAVING sum(u.readings) > 0  -- a device whose only readings are before the cut
+    SELECT *
+    FROM stream_fleet_settled(of_stream, window_from, window_to, hours_from, hours_to, raw_to,
+                              max_kw, interval_kwh, baseline_from, rollups_from,
+                              marked_start, marked_end)
 ),
 -- The devices with dirty hours before the window's end (its last partial hour included when
 -- that comes from marks): their pieces are read below, none of their rollups in `settled`.
