@@ -960,8 +960,8 @@ def _fleet(
         Row(
             12,
             f"Fleet ranking, {size:,} vehicles, a day starting at half past an hour ({in_window}; "
-            "the first and last half hours from raw readings for every device), sequential "
-            "requests",
+            "the first and last half hours cut inside their hours, every device's readings in "
+            "them counted), sequential requests",
             "p50 ≤ 300 ms",
             f"p50 {shifted:.0f} ms, p90 {fleet.percentile(measured.shifted, 0.9):.0f} ms",
             shifted <= 300,
