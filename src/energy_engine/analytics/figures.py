@@ -30,14 +30,19 @@ class Figures(NamedTuple):
 # One rule for both sides: a side's energy is known (a number, 0.0 when nothing flowed) only
 # where that side reported in the window; otherwise it is null, and so is everything made
 # from it. AC comes from the meters assigned to the vehicle, DC from the vehicle itself.
+def known(kwh: float, readings: int) -> float | None:
+    """A side's energy: its kWh where it reported in the window, else None."""
+    return kwh if readings else None
+
+
 def ac_kwh(found: Performance) -> float | None:
     """AC consumed by the vehicle's meters, None when none of them reported."""
-    return found.meter_kwh if found.meter_readings else None
+    return known(found.meter_kwh, found.meter_readings)
 
 
 def dc_kwh(found: Performance) -> float | None:
     """DC delivered to the vehicle, None when it did not report."""
-    return found.dc.kwh if found.dc.readings else None
+    return known(found.dc.kwh, found.dc.readings)
 
 
 # The report's rounded figures from AC and DC (None: unknown); the fleet ranks on these.

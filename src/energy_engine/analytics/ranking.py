@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import asyncpg
+
 from energy_engine.analytics.figures import (
-    ac_kwh,
-    dc_kwh,
     health,
     rounded_dc,
     rounded_efficiency,
     rounded_loss,
 )
+from energy_engine.analytics.fleet import sides
 from energy_engine.analytics.models import FleetSort, FleetTotals, Health, Order
 from energy_engine.analytics.query import FleetQuery
-from energy_engine.analytics.store import Performance
 from energy_engine.settings import Settings
 
 # The sort value of each order: the figures' own rounded numbers, so the order is the shown one.
@@ -45,7 +46,7 @@ class Ranking:
 
 
 def rank(
-    numbers: dict[str, Performance],
+    rows: Sequence[asyncpg.Record],
     query: FleetQuery,
     after: SortKey | None,
     limit: int,
@@ -62,9 +63,9 @@ def rank(
     ac_total = dc_with_ac = dc_total = 0.0
     matching = 0
     keys = []
-    for vehicle_id, found in numbers.items():
-        dc = dc_kwh(found)
-        ac = ac_kwh(found)
+    for row in rows:  # fleet.fleet_rows: the vehicle id first
+        vehicle_id = row[0]
+        ac, dc = sides(row)
         judged = health(ac, dc, settings)
         counts[judged] += 1
         dc_total += dc or 0.0
@@ -78,7 +79,7 @@ def rank(
         if after is None or key > after:
             keys.append(key)
     totals = FleetTotals(
-        vehicles=len(numbers),
+        vehicles=len(rows),
         ac_consumed_kwh=round(ac_total, 6),
         dc_delivered_kwh=round(dc_total, 6),
         loss_kwh=round(ac_total - dc_with_ac, 6),

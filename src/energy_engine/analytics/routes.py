@@ -170,9 +170,11 @@ async def fleet_performance(
         start, end = resolve_window(start, end, settings)
         query = FleetQuery(start, end, sort, order, health_filter(health))
         after = None
-    numbers = await fleet.fleet_numbers(pool, query.start, query.end, settings)
-    ranking = rank(numbers, query, after, limit, settings)
-    page = [figures(key[2], numbers[key[2]], settings) for key in ranking.keys[:limit]]
+    rows = await fleet.fleet_rows(pool, query.start, query.end, settings)
+    ranking = rank(rows, query, after, limit, settings)
+    shown = {key[2] for key in ranking.keys[:limit]}
+    found = {row[0]: fleet.performance_of(row) for row in rows if row[0] in shown}
+    page = [figures(key[2], found[key[2]], settings) for key in ranking.keys[:limit]]
     last = page[-1] if page else None
     history_from, partial = coverage(query.start, query.end, settings)
     return _json(
