@@ -3,8 +3,8 @@
 paho-mqtt rather than aiomqtt: the subscriber must acknowledge a QoS 1 message only once its
 readings are committed, and aiomqtt 2.x acknowledges each message itself (manual acks are an
 open request there, empicano/aiomqtt#345); paho-mqtt 2 has `manual_ack` and `ack(mid, qos)`.
-paho runs its network loop in a thread of its own (`loop_start`), which also reconnects with
-exponential backoff; the engine hands messages to asyncio from it.
+The engine's subscriber drives paho's socket from the event loop (`mqtt.subscriber`); the
+simulator's publisher runs paho's own network thread (`loop_start`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-# Reconnection after a lost connection or a refused one: 1 s, doubling up to 30 s.
+# Reconnection after a lost connection or a refused one: 1 s, doubling up to 30 s (paho's
+# thread for the simulator; `Subscriber._keep_connected` for the engine).
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 
