@@ -85,12 +85,17 @@ def create_app(settings: Settings) -> FastAPI:
         with db.database_url(settings) as url:
             pool = await db.create_pool(url, settings)
             writer_pool: db.Pool | None = None
+            read_pool: db.Pool | None = None
             try:
                 async with pool.acquire() as conn:
                     await db.prepare(conn, settings)
                     if await rollups.match_rules(conn, settings):
                         log.warning("energy rules changed: hourly rollups are being rebuilt")
                 app.state.pool = pool
+                if settings.database_read_url is not None:
+                    read_pool = await db.create_pool(settings.database_read_url, settings)
+                app.state.read_pool = read_pool or pool
+                reads = {} if read_pool is None else {"read": read_pool}
                 writer: Writer
                 if settings.ingest_mode is IngestMode.QUEUE:
                     # The workers (`energy-engine worker`) write; this process publishes.
@@ -103,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
                         raise
                     writer = await Publisher.open(nc, settings)
                     app.state.jetstream = js
-                    app.state.pools = {"request": pool}
+                    app.state.pools = {"request": pool, **reads}
                 else:
                     writer_pool = await db.create_writer_pool(url, settings)
                     writer = group = GroupWriter(
@@ -114,7 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
                     )
                     group.start()
                     app.state.jetstream = None
-                    app.state.pools = {"request": pool, "writer": writer_pool}
+                    app.state.pools = {"request": pool, "writer": writer_pool, **reads}
                 app.state.writer = writer
                 background = [
                     asyncio.create_task(_maintain(pool, settings)),
@@ -142,8 +147,9 @@ def create_app(settings: Settings) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             finally:
-                if writer_pool is not None:
-                    await writer_pool.close()
+                for other in (writer_pool, read_pool):
+                    if other is not None:
+                        await other.close()
                 await pool.close()
 
     docs = settings.docs is not DocsAccess.OFF

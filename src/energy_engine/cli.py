@@ -67,15 +67,19 @@ def _settings() -> Settings:
 
 
 def _check_database(settings: Settings) -> None:
-    """One line and exit status 1 when DATABASE_URL names a PostgreSQL that cannot be used
-    (the embedded server, without DATABASE_URL, is the engine's own)."""
-    if not settings.database_url:
-        return
-    try:
-        asyncio.run(db.check_reachable(settings.database_url))
-    except db.DatabaseUnavailable as exc:
-        typer.echo(f"error: {exc}; check DATABASE_URL", err=True)
-        raise typer.Exit(1) from None
+    """One line and exit status 1 when DATABASE_URL or DATABASE_READ_URL names a PostgreSQL
+    that cannot be used (the embedded server, without DATABASE_URL, is the engine's own)."""
+    for name, url in (
+        ("DATABASE_URL", settings.database_url),
+        ("DATABASE_READ_URL", settings.database_read_url),
+    ):
+        if not url:
+            continue
+        try:
+            asyncio.run(db.check_reachable(url))
+        except db.DatabaseUnavailable as exc:
+            typer.echo(f"error: {exc}; check {name}", err=True)
+            raise typer.Exit(1) from None
 
 
 def _http_url(url: str) -> str:

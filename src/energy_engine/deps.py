@@ -29,6 +29,15 @@ async def get_pool(request: Request) -> Pool:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PoolDep = Annotated[Pool, Depends(get_pool)]
 
+
+async def get_read_pool(request: Request) -> Pool:
+    """The pool of the read routes: DATABASE_READ_URL's (a replica), else the request pool."""
+    pool: Pool = request.app.state.read_pool
+    return pool
+
+
+ReadPoolDep = Annotated[Pool, Depends(get_read_pool)]
+
 # Device ids in paths follow the readings' rule, so an odd id (a NUL, 10 kB) is a 422 here.
 VehicleIdPath = Annotated[
     str, Path(alias="vehicleId", pattern=DEVICE_ID_PATTERN, description=DEVICE_ID_RULE)
@@ -53,7 +62,13 @@ async def known_vehicle(vehicle_id: VehicleIdPath, pool: PoolDep) -> str:
     return vehicle_id
 
 
+async def known_read_vehicle(vehicle_id: VehicleIdPath, pool: ReadPoolDep) -> str:
+    """`known_vehicle` as the read routes' database (a replica) knows it."""
+    return await known_vehicle(vehicle_id, pool)
+
+
 KnownVehicle = Annotated[str, Depends(known_vehicle)]
+KnownReadVehicle = Annotated[str, Depends(known_read_vehicle)]
 
 
 async def unique_keys(request: Request) -> None:

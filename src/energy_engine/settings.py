@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "ENERGY_DATABASE_URL")
     )
+    # A read replica (streaming standby) for the read routes (analytics, status); None: they
+    # read DATABASE_URL. Writes, keys, assignments, migrations and upkeep use DATABASE_URL.
+    database_read_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_READ_URL", "ENERGY_DATABASE_READ_URL"),
+    )
     data_dir: Path = Path(".energy-engine")
     pool_min_size: PositiveInt = 2
     # Request connections per process: twice the cores. More connections than that only make

@@ -168,7 +168,11 @@ def test_the_key_is_asked_once_and_the_overview_matches_the_api(
     expect(page.locator("#fleet-ac")).to_have_text(kwh(totals["acConsumedKwh"]))
     expect(page.locator("#fleet-dc")).to_have_text(kwh(totals["dcDeliveredKwh"]))
     expect(page.locator("#fleet-loss")).to_have_text(kwh(totals["lossKwh"]))
-    expect(page.locator("#fleet-efficiency")).to_have_text(f"{totals['efficiency'] * 100:.1f} %")
+    # One display step apart at most: JavaScript's toFixed rounds a tie up, Python's format to
+    # even, and the page's last refresh and this request see windows a few seconds apart.
+    shown = page.locator("#fleet-efficiency").text_content() or ""
+    assert shown.endswith(" %")
+    assert abs(float(shown.removesuffix(" %")) - totals["efficiency"] * 100) <= 0.1 + 1e-9
     for health, count in totals["health"].items():
         expect(page.locator(f"#health-filter [data-health={health}] .count")).to_have_text(
             str(count)

@@ -75,6 +75,17 @@ def test_an_unreachable_database_is_one_line(args: list[str], tmp_path: Path) ->
     assert line.startswith("error: cannot reach PostgreSQL at 127.0.0.1:1 (connection refused)")
 
 
+def test_an_unreachable_read_replica_is_one_line(postgres_url: str) -> None:
+    env = {"DATABASE_URL": postgres_url, "DATABASE_READ_URL": REFUSED}
+    result = CliRunner().invoke(cli, ["serve"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.output == (
+        "error: cannot reach PostgreSQL at 127.0.0.1:1 (connection refused); "
+        "check DATABASE_READ_URL\n"
+    )
+
+
 def test_a_database_that_refuses_the_login_is_one_line(postgres_url: str) -> None:
     line = _one_line(_invoke(["migrate"], with_database(postgres_url, "no_such_database")))
     assert 'refused the login (database "no_such_database" does not exist)' in line

@@ -98,7 +98,7 @@ class ReportHandler:
         try:
             window = parameters(vehicle_id, scope["query_string"])
             body = await performance_body(
-                scope["app"].state.pool, self.settings, vehicle_id, *window
+                scope["app"].state.read_pool, self.settings, vehicle_id, *window
             )
         except ApiError as error:
             await answer(send, error.status, error_json(error), error.headers)

@@ -35,7 +35,7 @@ from energy_engine.analytics.query import (
 from energy_engine.analytics.ranking import SORTED_BY, rank, sort_key
 from energy_engine.bounds import When
 from energy_engine.db import as_sent
-from energy_engine.deps import KnownVehicle, PoolDep, SettingsDep, VehicleIdPath
+from energy_engine.deps import KnownReadVehicle, ReadPoolDep, SettingsDep, VehicleIdPath
 from energy_engine.errors import INVALID, UNAVAILABLE, UNKNOWN_DEVICE, invalid_request
 
 router = APIRouter(tags=["analytics"], responses={**INVALID, **UNAVAILABLE})
@@ -51,7 +51,7 @@ def _json(model: BaseModel) -> Response:
 
 async def vehicle_performance(
     vehicle_id: VehicleIdPath,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     start: From = None,
     end: To = None,
@@ -81,8 +81,8 @@ PERFORMANCE = APIRoute(
     responses=UNKNOWN_DEVICE,
 )
 async def vehicle_series(
-    vehicle_id: KnownVehicle,
-    pool: PoolDep,
+    vehicle_id: KnownReadVehicle,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     start: From = None,
     end: To = None,
@@ -139,7 +139,7 @@ async def vehicle_series(
 
 @router.get("/v1/analytics/fleet", response_model=FleetReport)
 async def fleet_performance(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     start: From = None,
     end: Annotated[

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 
 from energy_engine.bounds import DEVICE_ID, WHEN, DeviceId
 from energy_engine.db import as_sent
-from energy_engine.deps import MeterIdPath, PoolDep, SettingsDep, VehicleIdPath
+from energy_engine.deps import MeterIdPath, ReadPoolDep, SettingsDep, VehicleIdPath
 from energy_engine.energy import Reading, power_kw
 from energy_engine.errors import INVALID, UNAVAILABLE, UNKNOWN_DEVICE, invalid_request, not_found
 from energy_engine.settings import EnergySemantics, Settings
@@ -66,7 +66,7 @@ def _vehicle_status(row: Record, settings: Settings) -> VehicleStatus:
 
 @router.get("/v1/vehicles/{vehicleId}/status", responses=UNKNOWN_DEVICE)
 async def vehicle_status(
-    vehicle_id: VehicleIdPath, pool: PoolDep, settings: SettingsDep
+    vehicle_id: VehicleIdPath, pool: ReadPoolDep, settings: SettingsDep
 ) -> VehicleStatus:
     """Latest state of a vehicle: SoC, energy, temperature, power, charging, online, meter."""
     async with pool.acquire() as conn:
@@ -81,7 +81,7 @@ MAX_VEHICLES = 1000
 
 @router.get("/v1/vehicles/status")
 async def vehicles_status(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     vehicle_ids: Annotated[
         list[DeviceId],
@@ -101,7 +101,9 @@ async def vehicles_status(
 
 
 @router.get("/v1/meters/{meterId}/status", responses=UNKNOWN_DEVICE)
-async def meter_status(meter_id: MeterIdPath, pool: PoolDep, settings: SettingsDep) -> MeterStatus:
+async def meter_status(
+    meter_id: MeterIdPath, pool: ReadPoolDep, settings: SettingsDep
+) -> MeterStatus:
     """Latest state of a meter: energy, voltage, power, online, vehicle."""
     async with pool.acquire() as conn:
         row = await store.meter_state(conn, meter_id)
@@ -148,7 +150,7 @@ def _after(cursor: str | None) -> tuple[datetime, str, str] | None:
 
 @router.get("/v1/fleet/status")
 async def fleet_status(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Stale devices per page.")] = 100,
     cursor: Annotated[str | None, Query(description="nextCursor of the previous page.")] = None,
