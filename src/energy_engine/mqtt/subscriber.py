@@ -174,22 +174,26 @@ class Subscriber:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        connected = client.socket() is not None
         client.disconnect()  # written by the event loop, which then closes the socket
-        try:
-            await asyncio.wait_for(self._socket_closed.wait(), DISCONNECT_WAIT_S)
-        except TimeoutError:
-            log.warning("the MQTT broker %s took no DISCONNECT in time", self.broker)
+        if connected:
+            try:
+                await asyncio.wait_for(self._socket_closed.wait(), DISCONNECT_WAIT_S)
+            except TimeoutError:
+                log.warning("the MQTT broker %s took no DISCONNECT in time", self.broker)
         self._client = None
 
     async def _keep_connected(self, client: Client) -> None:
         """Connect; whenever the socket closes, connect again after 1 s, doubling up to 30 s
         while attempts fail (reset once the broker accepts a connection)."""
         while True:
+            self._socket_closed.clear()  # until the socket this attempt opens is closed
             try:
                 # Blocking (TCP connect, TLS handshake): in a thread. The socket is handed to
                 # the event loop by `_on_socket_open`.
                 await asyncio.to_thread(client.reconnect)
             except (OSError, ValueError) as exc:  # refused, unreachable, TLS refused
+                self._socket_closed.set()
                 log.warning(
                     "cannot reach the MQTT broker %s (%s); again in %d s",
                     self.broker,
@@ -199,7 +203,6 @@ class Subscriber:
                 await asyncio.sleep(self._delay)
                 self._delay = min(2 * self._delay, RECONNECT_MAX_S)
                 continue
-            await asyncio.sleep(0)  # let the socket's hand-over from the thread run first
             await self._socket_closed.wait()
             await asyncio.sleep(self._delay)
             self._delay = min(2 * self._delay, RECONNECT_MAX_S)
@@ -226,9 +229,8 @@ class Subscriber:
         self._on_loop(self._watch, client, sock.fileno())
 
     def _watch(self, client: Client, fd: int) -> None:
-        assert self._loop is not None
-        self._socket_closed.clear()
-        self._loop.add_reader(fd, self._read, client)
+        if self._loop is not None and _is_open(client, fd):
+            self._loop.add_reader(fd, self._read, client)
 
     def _read(self, client: Client) -> None:
         client.loop_read()
@@ -246,8 +248,11 @@ class Subscriber:
         self._socket_closed.set()
 
     def _on_socket_register_write(self, client: Client, _userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        self._on_loop(lambda: self._loop and self._loop.add_writer(fd, self._write, client))
+        self._on_loop(self._watch_writable, client, sock.fileno())
+
+    def _watch_writable(self, client: Client, fd: int) -> None:
+        if self._loop is not None and _is_open(client, fd):
+            self._loop.add_writer(fd, self._write, client)
 
     def _on_socket_unregister_write(self, _client: Client, _userdata: Any, sock: Any) -> None:
         fd = sock.fileno()
@@ -400,6 +405,13 @@ class Subscriber:
             return
         if connection == self._connection:
             self._client.ack(message.mid, message.qos)
+
+
+def _is_open(client: Client, fd: int) -> bool:
+    """Whether `fd` is still the client's socket (a hand-over from the connecting thread may
+    arrive after that socket was closed)."""
+    sock = client.socket()
+    return sock is not None and sock.fileno() == fd
 
 
 def _device_of(reading: MeterReading | VehicleReading) -> str:
