@@ -34,13 +34,15 @@ def mosquitto(
     directory: Path, access: str = "allow_anonymous true\n", port: int | None = None
 ) -> Iterator[str]:
     """Run a broker (no persistence; `access`: its authentication lines; on `port`, else a
-    free one) until the block ends; yields its mqtt:// URL."""
+    free one; its process id in `directory`/mosquitto.pid) until the block ends; yields its
+    mqtt:// URL."""
     port = port or free_port()
     config = directory / "mosquitto.conf"
     config.write_text(
         # As root, mosquitto would switch to the `mosquitto` user, who may not read the test's
         # files (password, ACL); it stays the test's user instead.
         f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\n{access}persistence false\n"
+        f"pid_file {directory / 'mosquitto.pid'}\n"
         "log_dest stderr\nlog_type error\nlog_type warning\n"
     )
     log = (directory / "mosquitto.log").open("wb")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -437,3 +439,30 @@ async def test_the_engine_waits_for_the_broker_and_reconnects_after_it_restarts(
 
                 await _until(stored, f"the reading of {minute} minutes ago stored")
             await _until(_async(lambda: not subscriber.subscribed.is_set()), "the broker gone")
+
+
+async def test_a_broker_that_stops_answering_is_left_within_the_keepalive_and_rejoined(
+    make_settings: MakeSettings, tmp_path: Path, conn: asyncpg.Connection
+) -> None:
+    with mosquitto(tmp_path) as url:
+        settings = make_settings(
+            mqtt_url=url, mqtt_client_id="engine-ka", mqtt_keepalive=timedelta(seconds=5)
+        )
+        async with running(settings) as application:
+            subscriber: Subscriber = application.state.mqtt
+            broker = int((tmp_path / "mosquitto.pid").read_text())
+            os.kill(broker, signal.SIGSTOP)  # frozen: its socket stays open, nothing answers
+            try:
+                lost = _async(lambda: not subscriber.subscribed.is_set())
+                # A PINGREQ after 5 s without traffic, no PINGRESP within another 5 s.
+                await _until(lost, "the frozen broker given up", within_s=20)
+            finally:
+                os.kill(broker, signal.SIGCONT)
+            await asyncio.wait_for(subscriber.subscribed.wait(), 30)
+            with device(url) as dev:
+                dev.publish("energy/meters/M-1", orjson.dumps(meter("M-1", minute_ago(1), 1.0)))
+
+            async def stored() -> bool:
+                return bool(await conn.fetchval("SELECT count(*) FROM meter_readings") == 1)
+
+            await _until(stored, "the reading stored after the broker came back")

@@ -44,7 +44,11 @@ async def replica_of(postgres_url: str) -> AsyncIterator[list[str]]:
 async def _copy(postgres_url: str, database_url: str, made: list[str]) -> str:
     """A read-only copy of the database at `database_url` as it is now."""
     name = f"energy_replica_{uuid.uuid4().hex[:8]}"
-    source = database_url.rsplit("/", 1)[1].split("?")[0]
+    conn = await asyncpg.connect(database_url)
+    try:
+        source = await conn.fetchval("SELECT current_database()")
+    finally:
+        await conn.close()
     await admin(postgres_url, f"CREATE DATABASE {name} TEMPLATE {source}")
     made.append(name)
     await admin(postgres_url, f"ALTER DATABASE {name} SET default_transaction_read_only = on")

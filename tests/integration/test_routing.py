@@ -93,6 +93,7 @@ class Engine:
         reference = FastAPI()
         reference.state.settings = app.state.settings
         reference.state.pool = app.state.pool
+        reference.state.read_pool = app.state.read_pool
         install_error_handlers(reference)
         install_outage_handlers(reference)
         reference.router.routes.append(PERFORMANCE)
