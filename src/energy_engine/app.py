@@ -226,9 +226,11 @@ def create_app(settings: Settings) -> FastAPI:
         still exact; see rollups.store); not a reason to take the engine out of service.
         Queue mode: JetStream answers (`queueLag`: messages not yet committed by the workers);
         PostgreSQL unreachable is then reported (`database`) but not a reason either, since
-        ingest goes on into the queue."""
+        ingest goes on into the queue. With DATABASE_READ_URL, `readDatabase` tells whether the
+        replica answers; not a reason either: ingest does not use it."""
+        replica = await _replica(app.state.read_pool, pool)
         if app.state.jetstream is not None:
-            return await _queue_ready(app.state.jetstream, pool, settings)
+            return await _queue_ready(app.state.jetstream, pool, settings, replica)
         try:
             async with pool.acquire() as conn:
                 pending = await db.pending_migrations(conn)
@@ -242,7 +244,7 @@ def create_app(settings: Settings) -> FastAPI:
             return _status(503, "database unreachable: " + found.reason)
         if pending:
             return _status(503, f"{pending} migrations pending")
-        return _status(200, "ok", rollupQuarantinedHours=quarantined)
+        return _status(200, "ok", rollupQuarantinedHours=quarantined, **replica)
 
     if docs:
         _install_docs(app)
@@ -298,7 +300,25 @@ def app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-async def _queue_ready(js: JetStreamContext, pool: db.Pool, settings: Settings) -> Response:
+async def _replica(read_pool: db.Pool, pool: db.Pool) -> dict[str, str]:
+    """`readDatabase` for readiness: whether the read routes' replica answers; nothing when they
+    read the primary."""
+    if read_pool is pool:
+        return {}
+    try:
+        async with read_pool.acquire(timeout=2.0) as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:
+        found = outage(exc)
+        if found is None:
+            return {"readDatabase": f"error: {type(exc).__name__}: {exc}"}
+        return {"readDatabase": "unreachable: " + found.reason}
+    return {"readDatabase": "ok"}
+
+
+async def _queue_ready(
+    js: JetStreamContext, pool: db.Pool, settings: Settings, replica: dict[str, str]
+) -> Response:
     """Readiness in queue mode: the stream's consumer answers; the database's state told."""
     try:
         lag = await stream.lag(js, settings)
@@ -322,6 +342,7 @@ async def _queue_ready(js: JetStreamContext, pool: db.Pool, settings: Settings) 
         200,
         "ok",
         database=database,
+        **replica,
         queueLag={
             "messages": lag.total,
             "pending": lag.pending,

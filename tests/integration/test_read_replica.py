@@ -132,6 +132,8 @@ async def test_an_unreachable_replica_answers_503_and_ingest_goes_on(
     async with application.router.lifespan_context(application):
         async with app_client(application) as http:
             assert (await http.get("/v1/meters/M-9/status")).status_code == 404  # replica up
+            ready = await http.get("/health/ready")
+            assert (ready.status_code, ready.json()["readDatabase"]) == (200, "ok")
             private_postgres.stop()
             down = await http.get("/v1/meters/M-9/status")
             assert down.status_code == 503
@@ -139,6 +141,10 @@ async def test_an_unreachable_replica_answers_503_and_ingest_goes_on(
             assert down.json()["error"] == "database_unavailable"
             ingest = await http.post("/v1/ingest/meter", json=meter("M-9", minute_ago(1), 1.0))
             assert ingest.status_code == 200
+            # Told, and the node stays in service: ingest does not need the replica.
+            ready = await http.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json()["readDatabase"].startswith("unreachable: ")
             private_postgres.start()
             back = await http.get("/v1/meters/M-9/status")
             assert back.status_code == 404  # the replica never got M-9: it is a separate server
