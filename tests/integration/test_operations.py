@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import sys
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from energy_engine import db
+from energy_engine.app import create_app
 from energy_engine.settings import Settings
 from tests.conftest import admin, with_database
 
@@ -209,3 +211,13 @@ async def test_a_database_from_before_checksums_is_refused(migrated: str) -> Non
             await db.migrate(conn)
     finally:
         await conn.close()
+
+
+async def test_start_up_objects_are_kept_out_of_full_collections_while_the_app_runs(
+    settings: Settings,
+) -> None:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        # Modules, models, routes and pools: tens of thousands of objects.
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0  # handed back to the collector with the app
