@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from energy_engine.lifecycle import maintenance
 from energy_engine.mqtt.subscriber import Subscriber
 from energy_engine.observability import logs, metrics
 from energy_engine.observability.requests import RequestLog
+from energy_engine.process import startup_frozen
 from energy_engine.queue import stream
 from energy_engine.queue.publisher import Publisher
 from energy_engine.rollups import store as rollups
@@ -76,19 +76,6 @@ def _log_failure(task: str, exc: Exception) -> None:
         log.exception("%s failed", task)
     else:
         log_outage(task, found)
-
-
-@contextlib.contextmanager
-def _startup_frozen() -> Iterator[None]:
-    """What start-up built (modules, models, routes, pools) out of the cyclic collector's sight
-    while the app runs: it lives as long as the app, and every full collection scanned it
-    again. Under the open-model load (RESULTS.md row 4) full collections paused the event loop
-    for about 50 ms each, ten a minute: the p99 of the requests caught behind them."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()  # a process that goes on (tests building app after app) collects it again
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -151,7 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
                     subscriber.start()  # connects in the background, retrying with backoff
                 app.state.mqtt = subscriber
                 try:
-                    with _startup_frozen():
+                    with startup_frozen():
                         yield
                 finally:  # the subscriber's connection must not outlive the app
                     if subscriber is not None:  # its messages in flight go through the writer

@@ -51,8 +51,13 @@ def test_the_worker_reads_back_what_the_api_published(per: QueueMessage, count: 
     received: list[Any] = [Message(topic, body) for topic, _, body in published]
     batch, good, bad = decode(received, "energy.readings")
     assert (good, bad) == (received, [])
-    assert batch.meters == sent_meters
-    assert batch.vehicles == sent_vehicles
+    assert batch.meters == [
+        (r.meter_id, r.timestamp, r.kwh_consumed_ac, r.voltage) for r in sent_meters
+    ]
+    assert batch.vehicles == [
+        (r.vehicle_id, r.timestamp, r.soc, r.kwh_delivered_dc, r.battery_temp)
+        for r in sent_vehicles
+    ]
     assert batch.transports == ["mqtt"] * 1503
     assert max(len(m.data) for m in received) < 1024 * 1024  # NATS's default max_payload
 

@@ -8,17 +8,47 @@ A batch of both streams is one transaction, so that it is stored whole or not at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
 
 import asyncpg
 
 from energy_engine import sql
 from energy_engine.db import Connection, days_spanned, ensure_partitions
-from energy_engine.ingest.models import MeterReading, VehicleReading
 
 queries = sql.load("energy_engine.ingest")
 
 
-async def insert_meter_readings(conn: Connection, readings: Sequence[MeterReading]) -> list[int]:
+class MeterRow(Protocol):
+    """What storing a meter reading reads: a validated `MeterReading`, or a reading of the
+    queue already validated by the API (`queue.worker`)."""
+
+    @property
+    def meter_id(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def kwh_consumed_ac(self) -> float: ...
+    @property
+    def voltage(self) -> float: ...
+
+
+class VehicleRow(Protocol):
+    """What storing a vehicle reading reads (see MeterRow)."""
+
+    @property
+    def vehicle_id(self) -> str: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def soc(self) -> float: ...
+    @property
+    def kwh_delivered_dc(self) -> float: ...
+    @property
+    def battery_temp(self) -> float: ...
+
+
+async def insert_meter_readings(conn: Connection, readings: Sequence[MeterRow]) -> list[int]:
     """Store meter readings; returns the 1-based positions of those that were new."""
     accepted: list[int] = await conn.fetchval(
         queries.insert_meter_readings,
@@ -30,9 +60,7 @@ async def insert_meter_readings(conn: Connection, readings: Sequence[MeterReadin
     return accepted
 
 
-async def insert_vehicle_readings(
-    conn: Connection, readings: Sequence[VehicleReading]
-) -> list[int]:
+async def insert_vehicle_readings(conn: Connection, readings: Sequence[VehicleRow]) -> list[int]:
     """Store vehicle readings; returns the 1-based positions of those that were new."""
     accepted: list[int] = await conn.fetchval(
         queries.insert_vehicle_readings,
@@ -46,7 +74,7 @@ async def insert_vehicle_readings(
 
 
 async def _insert_all(
-    conn: Connection, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
+    conn: Connection, meters: Sequence[MeterRow], vehicles: Sequence[VehicleRow]
 ) -> tuple[list[int], list[int]]:
     if meters and vehicles:
         async with conn.transaction():  # all or nothing across the two streams
@@ -64,7 +92,7 @@ def _is_missing_partition(exc: asyncpg.CheckViolationError) -> bool:
 
 
 async def write_readings(
-    conn: Connection, meters: Sequence[MeterReading], vehicles: Sequence[VehicleReading]
+    conn: Connection, meters: Sequence[MeterRow], vehicles: Sequence[VehicleRow]
 ) -> tuple[list[int], list[int]]:
     """Store readings of both streams atomically; the new ones' positions, per stream."""
     try:

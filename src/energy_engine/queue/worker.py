@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import nats.errors
 import orjson
@@ -29,9 +29,9 @@ from nats.aio.subscription import Subscription
 
 from energy_engine import db
 from energy_engine.errors import outage
-from energy_engine.ingest.models import MeterReading, VehicleReading
 from energy_engine.ingest.store import write_readings
 from energy_engine.observability import metrics
+from energy_engine.process import startup_frozen
 from energy_engine.queue import stream
 from energy_engine.queue.publisher import READINGS_PER_MESSAGE as PER_MESSAGE
 from energy_engine.settings import Settings
@@ -47,36 +47,44 @@ MAX_BACKOFF_S = 5.0  # the longest pause (and redelivery delay) after a failed w
 class Batch:
     """Fetched messages decoded: the readings of each stream and transport."""
 
-    meters: list[MeterReading] = field(default_factory=list)
-    vehicles: list[VehicleReading] = field(default_factory=list)
+    meters: list[QueuedMeter] = field(default_factory=list)
+    vehicles: list[QueuedVehicle] = field(default_factory=list)
     # (transport, stream) -> [readings, positions (1-based) in meters / vehicles]
     origins: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     transports: list[str] = field(default_factory=list)  # per meter, then per vehicle
 
 
-def _meters(rows: list[list[Any]]) -> list[MeterReading]:
-    # Validated by the API before it was published; building without validating again also
-    # keeps a reading that waited in the stream longer than max_reading_age.
+class QueuedMeter(NamedTuple):
+    """A meter reading as the queue holds it: validated by the API before it was published, so
+    built without validating again (which also keeps a reading that waited in the stream longer
+    than max_reading_age). A tuple rather than a model: 0.8 against 4.5 µs a reading decoded."""
+
+    meter_id: str
+    timestamp: datetime
+    kwh_consumed_ac: float
+    voltage: float
+
+
+class QueuedVehicle(NamedTuple):
+    """A vehicle reading as the queue holds it (see QueuedMeter)."""
+
+    vehicle_id: str
+    timestamp: datetime
+    soc: float
+    kwh_delivered_dc: float
+    battery_temp: float
+
+
+def _meters(rows: list[list[Any]]) -> list[QueuedMeter]:
     return [
-        MeterReading.model_construct(
-            meter_id=device,
-            timestamp=datetime.fromisoformat(at),
-            kwh_consumed_ac=kwh,
-            voltage=voltage,
-        )
+        QueuedMeter(device, datetime.fromisoformat(at), kwh, voltage)
         for device, at, kwh, voltage in rows
     ]
 
 
-def _vehicles(rows: list[list[Any]]) -> list[VehicleReading]:
+def _vehicles(rows: list[list[Any]]) -> list[QueuedVehicle]:
     return [
-        VehicleReading.model_construct(
-            vehicle_id=device,
-            timestamp=datetime.fromisoformat(at),
-            soc=soc,
-            kwh_delivered_dc=kwh,
-            battery_temp=temp,
-        )
+        QueuedVehicle(device, datetime.fromisoformat(at), soc, kwh, temp)
         for device, at, soc, kwh, temp in rows
     ]
 
@@ -308,7 +316,8 @@ async def run(settings: Settings, url: str, ready: asyncio.Event | None = None) 
         )
         if ready is not None:
             ready.set()
-        await worker.run(settings.writer_connections)
+        with startup_frozen():
+            await worker.run(settings.writer_connections)
     finally:
         await stream.close(nc)
         if pool is not None:
