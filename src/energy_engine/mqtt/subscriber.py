@@ -230,13 +230,7 @@ class Subscriber:
 
     def _watch(self, client: Client, fd: int) -> None:
         if self._loop is not None and _is_open(client, fd):
-            self._loop.add_reader(fd, self._read, client)
-
-    def _read(self, client: Client) -> None:
-        client.loop_read()
-
-    def _write(self, client: Client) -> None:
-        client.loop_write()
+            self._loop.add_reader(fd, client.loop_read)
 
     def _on_socket_close(self, _client: Client, _userdata: Any, sock: Any) -> None:
         self._on_loop(self._unwatch, sock.fileno())
@@ -252,11 +246,14 @@ class Subscriber:
 
     def _watch_writable(self, client: Client, fd: int) -> None:
         if self._loop is not None and _is_open(client, fd):
-            self._loop.add_writer(fd, self._write, client)
+            self._loop.add_writer(fd, client.loop_write)
 
     def _on_socket_unregister_write(self, _client: Client, _userdata: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        self._on_loop(lambda: self._loop and self._loop.remove_writer(fd))
+        self._on_loop(self._unwatch_writable, sock.fileno())
+
+    def _unwatch_writable(self, fd: int) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(fd)
 
     def _on_connect(
         self,
